@@ -105,6 +105,32 @@ pub struct LogConfig {
     pub file: Option<PathBuf>,
 }
 
+/// Failure detection, recovery and retry settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often the background thread probes members that are down, in
+    /// milliseconds.
+    pub probe_interval_ms: u64,
+    /// How long one call into a member may take before the member is marked
+    /// down for new sessions, in milliseconds.
+    pub call_deadline_ms: u64,
+    /// How many bytes of a multi-part operation's input are kept per
+    /// session, so the operation can be replayed on another member when its
+    /// member fails.
+    pub replay_limit_bytes: usize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            probe_interval_ms: 5000,
+            call_deadline_ms: 10_000,
+            replay_limit_bytes: 64 * 1024,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -112,6 +138,8 @@ pub struct Config {
     pub modules: Vec<ModuleConfig>,
     #[serde(default)]
     pub wld: WldConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
     #[serde(default)]
     pub log: LogConfig,
     /// Where the configuration came from, for messages.
@@ -219,7 +247,21 @@ impl Config {
             }
         }
 
-        if self.log.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+        for (key, value) in [
+            ("probe_interval_ms", self.health.probe_interval_ms),
+            ("call_deadline_ms", self.health.call_deadline_ms),
+        ] {
+            if value == 0 {
+                let at = text.find(key).unwrap_or(0);
+                return Err(invalid(at..at, format!("[health] {key} must be above 0")));
+            }
+        }
+        if self
+            .log
+            .file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
             return Err(invalid(0..0, "[log] file is empty".into()));
         }
         Ok(())
@@ -264,7 +306,11 @@ fn check_label(label: &Spanned<String>) -> Result<(), String> {
 
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn parse_message(text: &str, error: &toml::de::Error) -> String {
@@ -377,9 +423,8 @@ file = "/tmp/p11wld.log"
 
     #[test]
     fn label_with_trailing_blank_rejected() {
-        let err =
-            parse("[[module]]\nname = \"a\"\npath = \"/a\"\n[wld]\nlabels = [\"WLD \"]\n")
-                .unwrap_err();
+        let err = parse("[[module]]\nname = \"a\"\npath = \"/a\"\n[wld]\nlabels = [\"WLD \"]\n")
+            .unwrap_err();
         assert!(err.to_string().contains("line 5"), "{err}");
     }
 

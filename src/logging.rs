@@ -77,7 +77,10 @@ pub fn apply(config: &LogConfig) {
         Some(path) => match OpenOptions::new().create(true).append(true).open(path) {
             Ok(f) => Some(f),
             Err(e) => {
-                log::error!("cannot open log file {}: {e}; logging to stderr", path.display());
+                log::error!(
+                    "cannot open log file {}: {e}; logging to stderr",
+                    path.display()
+                );
                 None
             }
         },

@@ -6,6 +6,7 @@ use crate::config::Config;
 use cryptoki_sys::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Opens a shared object so that it binds its own symbols first.
@@ -83,7 +84,7 @@ pub fn load_modules(config: &Config) -> Result<Vec<Arc<VendorModule>>, String> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let list = function_list(&library, &name, &path, &env)?;
-        if let Some(other) = modules.iter().find(|m| m.list_ptr() == list.cast_const()) {
+        if let Some(other) = modules.iter().find(|m| m.list_ptr() == list) {
             return Err(format!(
                 "modules {} and {name} resolve to the same instance of {}; \
                  this library returns one function list for every load, so it \
@@ -98,6 +99,8 @@ pub fn load_modules(config: &Config) -> Result<Vec<Arc<VendorModule>>, String> {
             path,
             env,
             list,
+            usable: AtomicBool::new(false),
+            owns_init: AtomicBool::new(false),
             _library: library,
         }));
     }

@@ -13,6 +13,7 @@ use crate::error::{Result, Rv};
 use cryptoki_sys::*;
 use std::path::PathBuf;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Calls one function of a vendor's function list.
 ///
@@ -37,6 +38,12 @@ pub struct VendorModule {
     pub path: PathBuf,
     env: Vec<(String, String)>,
     list: *const CK_FUNCTION_LIST,
+    /// Whether the instance is initialized and answering.
+    usable: AtomicBool,
+    /// Whether p11wld initialized the instance and so must finalize it. An
+    /// instance that the application had initialized itself before is used
+    /// as it is and left initialized.
+    owns_init: AtomicBool,
     // Keeps the shared object loaded while `list` is in use.
     _library: std::sync::Arc<libloading::Library>,
 }
@@ -67,20 +74,57 @@ impl VendorModule {
         self.list
     }
 
+    /// Whether the instance is initialized and was answering last time.
+    pub fn is_usable(&self) -> bool {
+        self.usable.load(Ordering::Acquire)
+    }
+
+    pub fn set_usable(&self, usable: bool) {
+        self.usable.store(usable, Ordering::Release);
+    }
+
     /// Initializes the vendor with OS locking, inside its environment.
     ///
     /// Some vendors reject flags 0 without callbacks (p11-kit-client.so
     /// 0.24 returns CKR_CANT_LOCK), so the proxy always asks for OS locking,
     /// whatever the application passed. A vendor that reports it is already
-    /// initialized in a forked child is finalized and initialized again,
-    /// because SoftHSM2 2.6 keeps its parent's state across fork.
+    /// initialized is finalized and initialized again in a forked child,
+    /// because SoftHSM2 2.6 keeps its parent's state across fork; in the
+    /// parent process it was initialized by the application itself, and is
+    /// used as it is.
     pub fn initialize(&self, after_fork: bool) -> Result<()> {
-        let rv = self.initialize_once();
+        let mut rv = self.initialize_once();
         if rv == CKR_CRYPTOKI_ALREADY_INITIALIZED && after_fork {
             vcall!(self, C_Finalize(ptr::null_mut()));
-            return Rv::check(self.initialize_once());
+            rv = self.initialize_once();
         }
-        Rv::check(rv)
+        match rv {
+            CKR_OK => self.owns_init.store(true, Ordering::Release),
+            CKR_CRYPTOKI_ALREADY_INITIALIZED => {
+                log::warn!(
+                    "module {}: already initialized by the application; p11wld uses it \
+                     as it is and leaves it initialized",
+                    self.name
+                );
+                self.owns_init.store(false, Ordering::Release);
+            }
+            rv => {
+                self.set_usable(false);
+                return Err(Rv(rv));
+            }
+        }
+        self.set_usable(true);
+        Ok(())
+    }
+
+    /// Finalizes and initializes the instance again, for a vendor whose
+    /// connection to its device broke (p11-kit-client.so needs this after
+    /// its server restarted).
+    pub fn reinitialize(&self) -> Result<()> {
+        if self.owns_init.swap(false, Ordering::AcqRel) {
+            vcall!(self, C_Finalize(ptr::null_mut()));
+        }
+        self.initialize(true)
     }
 
     fn initialize_once(&self) -> CK_RV {
@@ -96,7 +140,12 @@ impl VendorModule {
         env::with_env(&self.env, || vcall!(self, C_Initialize(args_ptr.cast())))
     }
 
+    /// Finalizes the instance if p11wld initialized it.
     pub fn finalize(&self) {
+        self.set_usable(false);
+        if !self.owns_init.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let rv = vcall!(self, C_Finalize(ptr::null_mut()));
         if rv != CKR_OK {
             log::warn!("module {}: C_Finalize returned {}", self.name, Rv(rv));

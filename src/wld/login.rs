@@ -1,160 +1,238 @@
-//! Login per application and virtual token.
+//! Login per application and WLD token.
 //!
-//! PKCS#11 logs an application into a token, not a session. A WLD token is
-//! several real tokens, so a login is applied to every member the
-//! application has sessions on, and to each member that gets its first
-//! session later. The PIN is first tried on one member only; it is kept,
-//! zeroized on drop, only after that member accepted it.
+//! PKCS#11 logs an application into a token, not into a session. A WLD token
+//! is several real tokens, so a login is applied to every member the
+//! application has sessions on, and to each member that gets a session
+//! later. A new PIN is tried on the calling session's member only; it is
+//! kept, zeroized when dropped, only once that member accepted it, so a
+//! wrong PIN never counts against several HSMs.
+//!
+//! Each login and logout starts a new epoch. A member is logged in when its
+//! `login_epoch` equals the slot's epoch, so a logout invalidates every
+//! member at once without touching them.
 
-use super::topology::{Member, MemberLink, VirtualSlot};
+use super::member::Member;
+use super::slot::VirtualSlot;
 use crate::error::{Result, Rv};
 use crate::vcall;
 use cryptoki_sys::*;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use zeroize::Zeroizing;
 
-/// The application's login on one virtual slot.
+/// The application's login and session counts on one WLD slot.
 #[derive(Default)]
 pub struct LoginState {
     pub user: Option<CK_USER_TYPE>,
+    pin: Credentials,
+    pub epoch: u64,
+    pub sessions: usize,
+    pub rw_sessions: usize,
+}
+
+/// A user type and PIN to log a member in with.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub user: CK_USER_TYPE,
+    /// `None` stands for a NULL PIN: the token reads it on its own
+    /// protected authentication path.
     pin: Option<Zeroizing<Vec<u8>>>,
+    pub epoch: u64,
+}
+
+impl Credentials {
+    pub fn new(user: CK_USER_TYPE, pin: Option<&[u8]>, epoch: u64) -> Credentials {
+        Credentials {
+            user,
+            pin: pin.map(|p| Zeroizing::new(p.to_vec())),
+            epoch,
+        }
+    }
+
+    /// Logs `member` in through one of its sessions. A member that already
+    /// is logged in as this user counts as a success.
+    pub fn apply(&self, member: &Member, session: CK_SESSION_HANDLE) -> Result<()> {
+        let (pin_ptr, pin_len) = match &self.pin {
+            Some(pin) if !pin.is_empty() => (pin.as_ptr().cast_mut(), pin.len() as CK_ULONG),
+            Some(_) => (std::ptr::null_mut(), 0),
+            None => (std::ptr::null_mut(), 0),
+        };
+        let rv = vcall!(member.module, C_Login(session, self.user, pin_ptr, pin_len));
+        match rv {
+            CKR_OK | CKR_USER_ALREADY_LOGGED_IN => {
+                member.login_epoch.store(self.epoch, Ordering::Release);
+                Ok(())
+            }
+            other => Err(Rv(other)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The PIN never reaches a log line.
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
 }
 
 impl LoginState {
-    pub fn pin(&self) -> Option<Zeroizing<Vec<u8>>> {
-        self.pin.clone()
+    fn credentials(&self) -> Option<Credentials> {
+        self.user.map(|_| self.pin.clone())
     }
 
     fn clear(&mut self) {
         self.user = None;
-        self.pin = None;
+        self.pin = Credentials::default();
+        self.epoch += 1;
     }
 }
 
-/// Applies the slot's login to a member through one of its sessions, if the
-/// application is logged in and the member is not yet.
-pub fn join_member(
-    slot: &VirtualSlot,
-    member: &Member,
-    link: &mut MemberLink,
-    session: CK_SESSION_HANDLE,
-) -> Result<()> {
-    if link.logged_in {
-        return Ok(());
+/// Counts a new session on `slot` and returns the credentials its member
+/// must be logged in with, if the application is logged in.
+pub fn reserve_session(slot: &VirtualSlot, rw: bool) -> Result<Option<Credentials>> {
+    let mut state = slot.login.lock();
+    if state.user == Some(CKU_SO) && !rw {
+        return Err(Rv(CKR_SESSION_READ_WRITE_SO_EXISTS));
     }
-    let (user, pin) = {
-        let state = slot.login.lock();
-        match (state.user, state.pin()) {
-            (Some(user), Some(pin)) => (user, pin),
-            _ => return Ok(()),
+    state.sessions += 1;
+    if rw {
+        state.rw_sessions += 1;
+    }
+    Ok(state.credentials())
+}
+
+/// Uncounts a session. When it was the slot's last one, forgets the login
+/// and closes the service sessions, so every member logs the application
+/// out as PKCS#11 prescribes when its last session closes.
+pub fn release_session(slot: &VirtualSlot, rw: bool) {
+    let last = {
+        let mut state = slot.login.lock();
+        state.sessions = state.sessions.saturating_sub(1);
+        if rw {
+            state.rw_sessions = state.rw_sessions.saturating_sub(1);
         }
+        let last = state.sessions == 0;
+        if last && state.user.is_some() {
+            state.clear();
+        }
+        last
     };
-    member_login(member, session, user, &pin)?;
-    link.logged_in = true;
-    Ok(())
-}
-
-fn member_login(
-    member: &Member,
-    session: CK_SESSION_HANDLE,
-    user: CK_USER_TYPE,
-    pin: &[u8],
-) -> Result<()> {
-    let pin_ptr = if pin.is_empty() {
-        std::ptr::null_mut()
-    } else {
-        pin.as_ptr().cast_mut()
-    };
-    let rv = vcall!(
-        member.module,
-        C_Login(session, user, pin_ptr, pin.len() as CK_ULONG)
-    );
-    match rv {
-        CKR_OK | CKR_USER_ALREADY_LOGGED_IN => Ok(()),
-        other => Err(Rv(other)),
+    if last {
+        for member in slot.members() {
+            member.close_service();
+            member.login_epoch.store(0, Ordering::Release);
+        }
     }
 }
 
-/// Logs the application in on a slot, trying the PIN on `first` (the
-/// member of the calling session) before any other member.
+/// Returns the credentials a member must be logged in with, if any.
+pub fn current(slot: &VirtualSlot) -> Option<Credentials> {
+    slot.login.lock().credentials()
+}
+
+/// Returns the session state PKCS#11 defines for a session of `slot`.
+pub fn session_state(slot: &VirtualSlot, rw: bool) -> CK_STATE {
+    let user = slot.login.lock().user;
+    match (user, rw) {
+        (Some(CKU_SO), _) => CKS_RW_SO_FUNCTIONS,
+        (Some(_), true) => CKS_RW_USER_FUNCTIONS,
+        (Some(_), false) => CKS_RO_USER_FUNCTIONS,
+        (None, true) => CKS_RW_PUBLIC_SESSION,
+        (None, false) => CKS_RO_PUBLIC_SESSION,
+    }
+}
+
+/// Logs the application in on `slot`, trying the PIN on the member of the
+/// calling session (`member`, through its real session `session`) first,
+/// then on every other member that has sessions of the application.
 pub fn login(
     slot: &VirtualSlot,
-    first: &Arc<Member>,
-    first_session: CK_SESSION_HANDLE,
+    member: &Member,
+    session: CK_SESSION_HANDLE,
     user: CK_USER_TYPE,
-    pin: &[u8],
+    pin: Option<&[u8]>,
 ) -> Result<()> {
-    let mut state = slot.login.lock();
-    match state.user {
-        Some(current) if current == user => return Err(Rv(CKR_USER_ALREADY_LOGGED_IN)),
-        Some(_) => return Err(Rv(CKR_USER_ANOTHER_ALREADY_LOGGED_IN)),
-        None => {}
+    if user == CKU_CONTEXT_SPECIFIC {
+        // Re-authentication for one operation of one session: it concerns
+        // the member that runs the operation only.
+        let credentials = Credentials::new(user, pin, 0);
+        return credentials.apply(member, session);
     }
-    let sessions = slot.sessions.load(std::sync::atomic::Ordering::Acquire);
-    let rw = slot.rw_sessions.load(std::sync::atomic::Ordering::Acquire);
-    if user == CKU_SO && sessions > rw {
-        return Err(Rv(CKR_SESSION_READ_ONLY_EXISTS));
+    if user != CKU_USER && user != CKU_SO {
+        return Err(Rv(CKR_USER_TYPE_INVALID));
     }
 
+    let _serial = slot.login_serial.lock();
+    let epoch = {
+        let state = slot.login.lock();
+        match state.user {
+            Some(current) if current == user => return Err(Rv(CKR_USER_ALREADY_LOGGED_IN)),
+            Some(_) => return Err(Rv(CKR_USER_ANOTHER_ALREADY_LOGGED_IN)),
+            None => {}
+        }
+        if user == CKU_SO && state.sessions > state.rw_sessions {
+            return Err(Rv(CKR_SESSION_READ_ONLY_EXISTS));
+        }
+        state.epoch + 1
+    };
+
+    let credentials = Credentials::new(user, pin, epoch);
+    credentials.apply(member, session)?;
     {
-        let mut link = first.link.lock();
-        member_login(first, first_session, user, pin)?;
-        link.logged_in = true;
+        let mut state = slot.login.lock();
+        state.user = Some(user);
+        state.epoch = epoch;
+        state.pin = credentials.clone();
     }
-    state.user = Some(user);
-    state.pin = Some(Zeroizing::new(pin.to_vec()));
-    drop(state);
 
-    for member in slot.members() {
-        if Arc::ptr_eq(&member, first) {
+    for other in slot.members() {
+        if std::ptr::eq(other.as_ref(), member) || !other.is_up() {
             continue;
         }
-        let mut link = member.link.lock();
-        let Some(helper) = link.helper else {
-            continue;
-        };
-        if link.app_sessions == 0 || link.logged_in {
+        if other.open_sessions.load(Ordering::Acquire) == 0 && !other.has_service() {
+            // Logged in when it gets its first session.
             continue;
         }
-        match member_login(&member, helper, user, pin) {
-            Ok(()) => link.logged_in = true,
-            Err(rv) => log::error!(
-                "WLD slot {}: login on member {} failed: {rv}; its sessions stay logged out \
-                 until the member tokens are replicated with the same PINs",
+        if let Err(rv) = other.with_service(|service| credentials.apply(&other, service)) {
+            log::error!(
+                "WLD slot {} ({}): login on member {} failed with {rv} after member {} \
+                 accepted the PIN; its sessions stay logged out until the members are \
+                 replicated with the same PINs",
                 slot.id,
+                slot.label,
+                other.describe(),
                 member.describe()
-            ),
+            );
         }
     }
     Ok(())
 }
 
-/// Logs the application out of every member of a slot.
+/// Logs the application out of every member of `slot`.
 pub fn logout(slot: &VirtualSlot) -> Result<()> {
-    let mut state = slot.login.lock();
-    if state.user.is_none() {
-        return Err(Rv(CKR_USER_NOT_LOGGED_IN));
-    }
-    state.clear();
-    drop(state);
+    let _serial = slot.login_serial.lock();
+    let epoch = {
+        let mut state = slot.login.lock();
+        if state.user.is_none() {
+            return Err(Rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        let epoch = state.epoch;
+        state.clear();
+        epoch
+    };
     for member in slot.members() {
-        let mut link = member.link.lock();
-        if !link.logged_in {
+        if member.login_epoch.load(Ordering::Acquire) != epoch {
             continue;
         }
-        if let Some(helper) = link.helper {
-            let rv = vcall!(member.module, C_Logout(helper));
-            if rv != CKR_OK && rv != CKR_USER_NOT_LOGGED_IN {
-                log::warn!("member {}: C_Logout returned {}", member.describe(), Rv(rv));
-            }
+        member.login_epoch.store(0, Ordering::Release);
+        let result =
+            member.with_service(|service| Rv::check(vcall!(member.module, C_Logout(service))));
+        match result {
+            Ok(()) | Err(Rv(CKR_USER_NOT_LOGGED_IN)) => {}
+            Err(rv) => log::warn!("member {}: C_Logout failed: {rv}", member.describe()),
         }
-        link.logged_in = false;
     }
     Ok(())
-}
-
-/// Forgets the login once the slot's last session is closed; the vendors
-/// log out by themselves when their last session closes.
-pub fn forget(slot: &VirtualSlot) {
-    slot.login.lock().clear();
 }

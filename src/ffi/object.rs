@@ -1,0 +1,330 @@
+//! Object management functions.
+
+use super::check_out;
+use crate::error::{Result, Rv};
+use crate::instance::{enter, Instance};
+use crate::template::{self, Use};
+use crate::vcall;
+use crate::wld::object::destroy_real;
+use crate::wld::session::Session;
+use cryptoki_sys::*;
+
+/// Attributes whose change alters an object's identity.
+const IDENTITY_CHANGES: &[CK_ATTRIBUTE_TYPE] = &[
+    CKA_LABEL,
+    CKA_ID,
+    CKA_SUBJECT,
+    CKA_ISSUER,
+    CKA_SERIAL_NUMBER,
+    CKA_APPLICATION,
+    CKA_OBJECT_ID,
+    CKA_VALUE,
+    CKA_PRIVATE,
+];
+
+/// Gives a real object made on the session's member a virtual handle and
+/// writes it to `out`. A session object is remembered by the session, a
+/// token object is noted as a change on one member only. When no handle can
+/// be made, the object is destroyed again so nothing is left behind.
+///
+/// # Safety
+/// `out` is valid for writes.
+pub(super) unsafe fn publish(
+    instance: &Instance,
+    session: &mut Session,
+    call: &str,
+    real: CK_OBJECT_HANDLE,
+    out: *mut CK_OBJECT_HANDLE,
+) -> Result<()> {
+    let handle = match instance
+        .objects
+        .register(&session.place(), session.real, real)
+    {
+        Ok(handle) => handle,
+        Err(rv) => {
+            log::error!("{call}: the new object could not be registered: {rv}");
+            destroy_real(session.module(), session.real, real);
+            return Err(rv);
+        }
+    };
+    let session_object = instance
+        .objects
+        .get(handle)
+        .is_some_and(|entry| entry.is_session_object());
+    if session_object {
+        session.objects.push(handle);
+    } else {
+        instance.note_token_change(call);
+    }
+    // SAFETY: the caller vouches for `out`.
+    unsafe { out.write(handle) };
+    Ok(())
+}
+
+/// # Safety
+/// `pTemplate` points to `ulCount` attributes; `phObject` is valid.
+pub(super) unsafe extern "C" fn C_CreateObject(
+    hSession: CK_SESSION_HANDLE,
+    pTemplate: *mut CK_ATTRIBUTE,
+    ulCount: CK_ULONG,
+    phObject: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    enter("C_CreateObject", |instance| {
+        check_out(phObject)?;
+        // SAFETY: forwarded from the caller's contract.
+        let attributes = unsafe { template::borrow(pTemplate, ulCount) }?;
+        // SAFETY: as above.
+        unsafe { template::check(attributes, Use::Write) }?;
+        instance.sessions.with(hSession, |session| {
+            let mut real = CK_INVALID_HANDLE;
+            let rv = vcall!(
+                session.module(),
+                C_CreateObject(session.real, pTemplate, ulCount, &mut real)
+            );
+            session.check("C_CreateObject", rv)?;
+            // SAFETY: checked non-NULL above.
+            unsafe { publish(instance, session, "C_CreateObject", real, phObject) }
+        })
+    })
+}
+
+/// # Safety
+/// `pTemplate` points to `ulCount` attributes; `phNewObject` is valid.
+pub(super) unsafe extern "C" fn C_CopyObject(
+    hSession: CK_SESSION_HANDLE,
+    hObject: CK_OBJECT_HANDLE,
+    pTemplate: *mut CK_ATTRIBUTE,
+    ulCount: CK_ULONG,
+    phNewObject: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    enter("C_CopyObject", |instance| {
+        check_out(phNewObject)?;
+        // SAFETY: forwarded from the caller's contract.
+        let attributes = unsafe { template::borrow(pTemplate, ulCount) }?;
+        // SAFETY: as above.
+        unsafe { template::check(attributes, Use::Write) }?;
+        instance.sessions.with(hSession, |session| {
+            let source = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
+            let mut real = CK_INVALID_HANDLE;
+            let rv = vcall!(
+                session.module(),
+                C_CopyObject(session.real, source, pTemplate, ulCount, &mut real)
+            );
+            session.check("C_CopyObject", rv)?;
+            // SAFETY: checked non-NULL above.
+            unsafe { publish(instance, session, "C_CopyObject", real, phNewObject) }
+        })
+    })
+}
+
+pub(super) extern "C" fn C_DestroyObject(
+    hSession: CK_SESSION_HANDLE,
+    hObject: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    enter("C_DestroyObject", |instance| {
+        instance.sessions.with(hSession, |session| {
+            let real = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
+            let token_object = instance
+                .objects
+                .get(hObject)
+                .is_some_and(|entry| !entry.is_session_object());
+            let rv = vcall!(session.module(), C_DestroyObject(session.real, real));
+            session.check("C_DestroyObject", rv)?;
+            instance.objects.destroyed(&session.member, hObject);
+            session.objects.retain(|&h| h != hObject);
+            if token_object {
+                instance.note_token_change("C_DestroyObject");
+            }
+            Ok(())
+        })
+    })
+}
+
+/// # Safety
+/// `pulSize` is NULL or valid for writes.
+pub(super) unsafe extern "C" fn C_GetObjectSize(
+    hSession: CK_SESSION_HANDLE,
+    hObject: CK_OBJECT_HANDLE,
+    pulSize: *mut CK_ULONG,
+) -> CK_RV {
+    enter("C_GetObjectSize", |instance| {
+        check_out(pulSize)?;
+        instance.sessions.with(hSession, |session| {
+            let real = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
+            let rv = vcall!(
+                session.module(),
+                C_GetObjectSize(session.real, real, pulSize)
+            );
+            session.check("C_GetObjectSize", rv)
+        })
+    })
+}
+
+/// Reads attributes on the session's member. The vendor fills in each
+/// attribute as PKCS#11 prescribes: CK_UNAVAILABLE_INFORMATION for the ones
+/// it cannot return, the others with their values.
+///
+/// # Safety
+/// `pTemplate` points to `ulCount` attributes whose buffers are valid.
+pub(super) unsafe extern "C" fn C_GetAttributeValue(
+    hSession: CK_SESSION_HANDLE,
+    hObject: CK_OBJECT_HANDLE,
+    pTemplate: *mut CK_ATTRIBUTE,
+    ulCount: CK_ULONG,
+) -> CK_RV {
+    enter("C_GetAttributeValue", |instance| {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { template::borrow(pTemplate, ulCount) }?;
+        instance.sessions.with(hSession, |session| {
+            let real = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
+            let rv = vcall!(
+                session.module(),
+                C_GetAttributeValue(session.real, real, pTemplate, ulCount)
+            );
+            session.check("C_GetAttributeValue", rv)
+        })
+    })
+}
+
+/// # Safety
+/// `pTemplate` points to `ulCount` attributes.
+pub(super) unsafe extern "C" fn C_SetAttributeValue(
+    hSession: CK_SESSION_HANDLE,
+    hObject: CK_OBJECT_HANDLE,
+    pTemplate: *mut CK_ATTRIBUTE,
+    ulCount: CK_ULONG,
+) -> CK_RV {
+    enter("C_SetAttributeValue", |instance| {
+        // SAFETY: forwarded from the caller's contract.
+        let attributes = unsafe { template::borrow(pTemplate, ulCount) }?;
+        // SAFETY: as above.
+        unsafe { template::check(attributes, Use::Write) }?;
+        let identity_changes = template::touches(attributes, IDENTITY_CHANGES);
+        instance.sessions.with(hSession, |session| {
+            let real = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
+            let rv = vcall!(
+                session.module(),
+                C_SetAttributeValue(session.real, real, pTemplate, ulCount)
+            );
+            session.check("C_SetAttributeValue", rv)?;
+            if identity_changes {
+                instance
+                    .objects
+                    .changed(&session.place(), session.real, hObject)?;
+            }
+            let token_object = instance
+                .objects
+                .get(hObject)
+                .is_some_and(|entry| !entry.is_session_object());
+            if token_object {
+                instance.note_token_change("C_SetAttributeValue");
+            }
+            Ok(())
+        })
+    })
+}
+
+/// # Safety
+/// `pTemplate` points to `ulCount` attributes.
+pub(super) unsafe extern "C" fn C_FindObjectsInit(
+    hSession: CK_SESSION_HANDLE,
+    pTemplate: *mut CK_ATTRIBUTE,
+    ulCount: CK_ULONG,
+) -> CK_RV {
+    enter("C_FindObjectsInit", |instance| {
+        // SAFETY: forwarded from the caller's contract.
+        let attributes = unsafe { template::borrow(pTemplate, ulCount) }?;
+        // SAFETY: as above.
+        unsafe { template::check(attributes, Use::Search) }?;
+        instance.sessions.with(hSession, |session| {
+            if session.finding {
+                return Err(Rv(CKR_OPERATION_ACTIVE));
+            }
+            let rv = vcall!(
+                session.module(),
+                C_FindObjectsInit(session.real, pTemplate, ulCount)
+            );
+            session.check("C_FindObjectsInit", rv)?;
+            session.finding = true;
+            Ok(())
+        })
+    })
+}
+
+/// Continues a search and returns virtual handles. An object that vanished
+/// between the search and the reading of its identity is left out.
+///
+/// # Safety
+/// `phObject` points to `ulMaxObjectCount` writable handles;
+/// `pulObjectCount` is valid for writes.
+pub(super) unsafe extern "C" fn C_FindObjects(
+    hSession: CK_SESSION_HANDLE,
+    phObject: *mut CK_OBJECT_HANDLE,
+    ulMaxObjectCount: CK_ULONG,
+    pulObjectCount: *mut CK_ULONG,
+) -> CK_RV {
+    enter("C_FindObjects", |instance| {
+        check_out(phObject)?;
+        check_out(pulObjectCount)?;
+        if ulMaxObjectCount > isize::MAX as CK_ULONG / 8 {
+            return Err(Rv(CKR_ARGUMENTS_BAD));
+        }
+        instance.sessions.with(hSession, |session| {
+            if !session.finding {
+                return Err(Rv(CKR_OPERATION_NOT_INITIALIZED));
+            }
+            let mut found: CK_ULONG = 0;
+            let rv = vcall!(
+                session.module(),
+                C_FindObjects(session.real, phObject, ulMaxObjectCount, &mut found)
+            );
+            session.check("C_FindObjects", rv)?;
+            let found = found.min(ulMaxObjectCount) as usize;
+            // SAFETY: the vendor wrote `found` handles into the caller's
+            // buffer, which has room for `ulMaxObjectCount`.
+            let handles = unsafe { std::slice::from_raw_parts_mut(phObject, found) };
+            let kept = translate_found(instance, session, handles)?;
+            // SAFETY: checked non-NULL above.
+            unsafe { pulObjectCount.write(kept as CK_ULONG) };
+            Ok(())
+        })
+    })
+}
+
+/// Replaces the real handles of a search result with virtual ones, in
+/// place, and returns how many are kept.
+fn translate_found(
+    instance: &Instance,
+    session: &Session,
+    handles: &mut [CK_OBJECT_HANDLE],
+) -> Result<usize> {
+    let place = session.place();
+    let mut kept = 0;
+    for i in 0..handles.len() {
+        match instance.objects.register(&place, session.real, handles[i]) {
+            Ok(handle) => {
+                handles[kept] = handle;
+                kept += 1;
+            }
+            Err(Rv(CKR_OBJECT_HANDLE_INVALID)) => {}
+            Err(rv) => {
+                session.check("C_FindObjects", rv.0)?;
+                return Err(rv);
+            }
+        }
+    }
+    Ok(kept)
+}
+
+pub(super) extern "C" fn C_FindObjectsFinal(hSession: CK_SESSION_HANDLE) -> CK_RV {
+    enter("C_FindObjectsFinal", |instance| {
+        instance.sessions.with(hSession, |session| {
+            if !session.finding {
+                return Err(Rv(CKR_OPERATION_NOT_INITIALIZED));
+            }
+            let rv = vcall!(session.module(), C_FindObjectsFinal(session.real));
+            session.finding = false;
+            session.check("C_FindObjectsFinal", rv)
+        })
+    })
+}

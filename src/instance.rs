@@ -1,0 +1,304 @@
+//! The initialized module: one [`Instance`] from `C_Initialize` to
+//! `C_Finalize`, and the process-wide state that finds it.
+//!
+//! Every entry point reaches the instance through [`enter`], which counts
+//! the call as in flight on a per-thread shard, so `C_Finalize` can wait for
+//! calls in flight to return before it frees anything, without a global
+//! lock or a shared counter on the path of every call.
+
+use crate::config::Config;
+use crate::error::{ckr_name, Result, Rv};
+use crate::events::SlotEvents;
+use crate::logging;
+use crate::vendor::{self, VendorModule};
+use crate::wld::object::ObjectTable;
+use crate::wld::session::SessionTable;
+use crate::wld::Topology;
+use cryptoki_sys::*;
+use parking_lot::Mutex;
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+pub struct Instance {
+    pub config: Config,
+    pub modules: Vec<Arc<VendorModule>>,
+    pub topology: Topology,
+    pub sessions: SessionTable,
+    pub objects: ObjectTable,
+    pub events: SlotEvents,
+    /// Whether the warning about token-changing calls was logged.
+    warned_token_change: AtomicBool,
+}
+
+impl Instance {
+    /// Loads and initializes the configured modules and scans their tokens.
+    fn start(config: Config, after_fork: bool) -> std::result::Result<Instance, String> {
+        let modules = vendor::load_modules(&config)?;
+        for module in &modules {
+            if let Err(rv) = module.initialize(after_fork) {
+                log::error!(
+                    "module {}: C_Initialize failed: {rv}; its tokens stay unavailable until \
+                     it answers",
+                    module.name
+                );
+            }
+        }
+        let instance = Instance {
+            config,
+            modules,
+            topology: Topology::new(),
+            sessions: SessionTable::new(),
+            objects: ObjectTable::new(),
+            events: SlotEvents::default(),
+            warned_token_change: AtomicBool::new(false),
+        };
+        instance
+            .topology
+            .refresh(&instance.config, &instance.modules);
+        Ok(instance)
+    }
+
+    /// Finalizes every module this instance initialized.
+    fn shut_down(&self) {
+        for module in &self.modules {
+            module.finalize();
+        }
+    }
+
+    /// Logs once per process that a token-changing call reached one member
+    /// only.
+    pub fn note_token_change(&self, call: &str) {
+        if !self.warned_token_change.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "{call} changed a token object on one member of a WLD slot only; the members \
+                 differ until they are replicated (p11wld replicate)"
+            );
+        }
+    }
+}
+
+/// The current instance; NULL while the module is not initialized.
+static CURRENT: AtomicPtr<Instance> = AtomicPtr::new(ptr::null_mut());
+/// Serializes `C_Initialize` and `C_Finalize`.
+static LIFECYCLE: Mutex<()> = Mutex::new(());
+static ATFORK: Once = Once::new();
+/// Set in a forked child, whose vendors may keep their parent's state.
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+const SHARDS: usize = 16;
+
+#[repr(align(64))]
+struct Shard(AtomicUsize);
+
+static IN_FLIGHT: [Shard; SHARDS] = [const { Shard(AtomicUsize::new(0)) }; SHARDS];
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+fn shard() -> &'static AtomicUsize {
+    let index = SHARD.with(|shard| {
+        let mut index = shard.get();
+        if index == usize::MAX {
+            index = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            shard.set(index);
+        }
+        index
+    });
+    &IN_FLIGHT[index].0
+}
+
+fn in_flight() -> usize {
+    IN_FLIGHT.iter().map(|s| s.0.load(Ordering::SeqCst)).sum()
+}
+
+/// Runs `f` on the current instance and returns its result as a CK_RV:
+/// CKR_CRYPTOKI_NOT_INITIALIZED without an instance, CKR_GENERAL_ERROR if
+/// `f` panics. The instance stays alive until `f` returns.
+#[inline]
+pub fn enter(name: &'static str, f: impl FnOnce(&Instance) -> Result<()>) -> CK_RV {
+    let shard = shard();
+    shard.fetch_add(1, Ordering::SeqCst);
+    let current = CURRENT.load(Ordering::SeqCst);
+    let rv = if current.is_null() {
+        CKR_CRYPTOKI_NOT_INITIALIZED
+    } else {
+        // SAFETY: `C_Finalize` frees the instance only after it took it out
+        // of CURRENT and saw no call in flight; this call was counted before
+        // it read CURRENT.
+        let instance = unsafe { &*current };
+        guard(name, || f(instance))
+    };
+    shard.fetch_sub(1, Ordering::Release);
+    rv
+}
+
+/// Runs `f`, turning its result into a CK_RV and a panic into
+/// CKR_GENERAL_ERROR, so no panic crosses the C ABI.
+pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => CKR_OK,
+        Ok(Err(Rv(rv))) => {
+            if log::log_enabled!(log::Level::Debug) {
+                log::debug!("{name} returned {}", ckr_name(rv));
+            }
+            rv
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            log::error!("{name} panicked: {message}");
+            CKR_GENERAL_ERROR
+        }
+    }
+}
+
+/// Checks CK_C_INITIALIZE_ARGS as PKCS#11 prescribes.
+///
+/// # Safety
+/// `args` is NULL or points to a CK_C_INITIALIZE_ARGS.
+unsafe fn check_init_args(args: *const CK_C_INITIALIZE_ARGS) -> Result<()> {
+    if args.is_null() {
+        return Ok(());
+    }
+    // SAFETY: the caller passes a valid pointer when it is not NULL.
+    let args = unsafe { &*args };
+    if !args.pReserved.is_null() {
+        return Err(Rv(CKR_ARGUMENTS_BAD));
+    }
+    let callbacks = [
+        args.CreateMutex.is_some(),
+        args.DestroyMutex.is_some(),
+        args.LockMutex.is_some(),
+        args.UnlockMutex.is_some(),
+    ];
+    let supplied = callbacks.iter().filter(|set| **set).count();
+    if supplied != 0 && supplied != callbacks.len() {
+        return Err(Rv(CKR_ARGUMENTS_BAD));
+    }
+    if supplied != 0 && args.flags & CKF_OS_LOCKING_OK == 0 {
+        // The application requires its own mutexes, and the proxy locks
+        // with the operating system's only.
+        return Err(Rv(CKR_CANT_LOCK));
+    }
+    Ok(())
+}
+
+/// `C_Initialize`.
+///
+/// # Safety
+/// `args` is NULL or points to a CK_C_INITIALIZE_ARGS.
+pub unsafe fn initialize(args: *const CK_C_INITIALIZE_ARGS) -> CK_RV {
+    guard("C_Initialize", || {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { check_init_args(args) }?;
+        let _lifecycle = LIFECYCLE.lock();
+        if !CURRENT.load(Ordering::SeqCst).is_null() {
+            return Err(Rv(CKR_CRYPTOKI_ALREADY_INITIALIZED));
+        }
+        logging::init_default();
+        let config = Config::load().map_err(|e| {
+            log::error!("C_Initialize failed: {e}");
+            Rv(CKR_GENERAL_ERROR)
+        })?;
+        logging::apply(&config.log);
+        let after_fork = FORKED.load(Ordering::SeqCst);
+        let instance = Instance::start(config, after_fork).map_err(|e| {
+            log::error!("C_Initialize failed: {e}");
+            Rv(CKR_GENERAL_ERROR)
+        })?;
+        ATFORK.call_once(register_atfork);
+        CURRENT.store(Box::into_raw(Box::new(instance)), Ordering::SeqCst);
+        Ok(())
+    })
+}
+
+/// `C_Finalize`. Waits for calls in flight to return (up to the call
+/// deadline), then finalizes the vendors and frees the instance.
+pub fn finalize(reserved: CK_VOID_PTR) -> CK_RV {
+    guard("C_Finalize", || {
+        let _lifecycle = LIFECYCLE.lock();
+        if CURRENT.load(Ordering::SeqCst).is_null() {
+            return Err(Rv(CKR_CRYPTOKI_NOT_INITIALIZED));
+        }
+        if !reserved.is_null() {
+            return Err(Rv(CKR_ARGUMENTS_BAD));
+        }
+        let current = CURRENT.swap(ptr::null_mut(), Ordering::SeqCst);
+        // SAFETY: only this function frees the instance, under LIFECYCLE.
+        let instance = unsafe { &*current };
+        instance.events.shut_down();
+
+        let deadline = Duration::from_millis(instance.config.health.call_deadline_ms);
+        let started = Instant::now();
+        while in_flight() > 0 {
+            if started.elapsed() > deadline {
+                log::error!(
+                    "C_Finalize: {} calls are still running after {deadline:?}; the vendor \
+                     modules stay initialized and the module's state is not freed",
+                    in_flight()
+                );
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: the instance came from Box::into_raw in `initialize`, is
+        // out of CURRENT, and no call uses it any more.
+        let instance = unsafe { Box::from_raw(current) };
+        instance.shut_down();
+        drop(instance);
+        Ok(())
+    })
+}
+
+/// Makes a forked child start uninitialized, as PKCS#11 expects: its
+/// threads, sessions and vendor connections are not the parent's.
+fn register_atfork() {
+    /// Whether `prepare` took LIFECYCLE. It does not when the forking
+    /// thread is inside `C_Initialize` or `C_Finalize` itself (a vendor that
+    /// spawns a helper process), because the lock is not reentrant.
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn prepare() {
+        // Held across fork, so the child never inherits it locked by a
+        // thread that does not exist there.
+        let taken = LIFECYCLE
+            .try_lock_for(Duration::from_secs(5))
+            .map(std::mem::forget)
+            .is_some();
+        TAKEN.store(taken, Ordering::SeqCst);
+    }
+    extern "C" fn parent() {
+        if TAKEN.swap(false, Ordering::SeqCst) {
+            // SAFETY: `prepare` locked it in this thread and leaked the guard.
+            unsafe { LIFECYCLE.force_unlock() };
+        }
+    }
+    extern "C" fn child() {
+        // The parent's instance is leaked: its locks may be held by threads
+        // that do not exist here, so nothing of it is touched.
+        CURRENT.store(ptr::null_mut(), Ordering::SeqCst);
+        for shard in &IN_FLIGHT {
+            shard.0.store(0, Ordering::SeqCst);
+        }
+        FORKED.store(true, Ordering::SeqCst);
+        if TAKEN.swap(false, Ordering::SeqCst) {
+            // SAFETY: `prepare` locked it in the forking thread, which is
+            // this thread in the child.
+            unsafe { LIFECYCLE.force_unlock() };
+        }
+    }
+    // SAFETY: the handlers are plain functions without arguments.
+    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    if rc != 0 {
+        log::warn!("pthread_atfork failed ({rc}); a forked child must not use this module");
+    }
+}

@@ -1,0 +1,178 @@
+//! Members: the physical tokens behind a WLD slot, with their health.
+
+use crate::error::{ckr_name, Result, Rv};
+use crate::vcall;
+use crate::vendor::VendorModule;
+use cryptoki_sys::*;
+use parking_lot::{Mutex, RwLock};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The most members one WLD slot can have. The object table keeps one real
+/// handle per member position, so this bounds the size of each entry.
+pub const MAX_MEMBERS_PER_SLOT: usize = 32;
+
+/// One member token of a WLD slot: a physical slot of one vendor module.
+pub struct Member {
+    pub module: Arc<VendorModule>,
+    /// Index of the module in the configuration.
+    pub module_index: usize,
+    /// The vendor module's own slot id.
+    pub slot_id: CK_SLOT_ID,
+    pub label: String,
+    pub serial: String,
+    /// The id of the WLD slot this member belongs to.
+    pub wld_slot: CK_SLOT_ID,
+    /// Position in the WLD slot's member list, below
+    /// [`MAX_MEMBERS_PER_SLOT`]; the object table's column for this member.
+    pub pos: usize,
+    /// A number that names this member in saved operation states.
+    pub tag: u64,
+    up: AtomicBool,
+    /// Real sessions of the application open on the member, not counting
+    /// the service session.
+    pub open_sessions: AtomicUsize,
+    pub total_sessions: AtomicU64,
+    pub failures: AtomicU64,
+    pub last_error: AtomicU64,
+    /// The login epoch of the WLD slot that this member is logged in at;
+    /// 0 when it is not logged in.
+    pub login_epoch: AtomicU64,
+    /// A session of the proxy's own on the member, for resolving object
+    /// handles, logging in and out while the application's sessions are
+    /// busy. Its lock is taken only on those slow paths.
+    service: Mutex<Option<CK_SESSION_HANDLE>>,
+    /// Real object handle to virtual object handle, for find results.
+    pub handles: RwLock<HashMap<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>>,
+}
+
+impl Member {
+    pub fn new(
+        module: Arc<VendorModule>,
+        module_index: usize,
+        slot_id: CK_SLOT_ID,
+        label: String,
+        serial: String,
+        wld_slot: CK_SLOT_ID,
+        pos: usize,
+    ) -> Member {
+        let digest = Sha256::digest(format!("{}/{slot_id}/{serial}", module.name).as_bytes());
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&digest[..8]);
+        Member {
+            tag: u64::from_ne_bytes(tag),
+            module,
+            module_index,
+            slot_id,
+            label,
+            serial,
+            wld_slot,
+            pos,
+            up: AtomicBool::new(true),
+            open_sessions: AtomicUsize::new(0),
+            total_sessions: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_error: AtomicU64::new(0),
+            login_epoch: AtomicU64::new(0),
+            service: Mutex::new(None),
+            handles: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Marks the member down after `call` returned `rv`. Returns whether
+    /// this call changed the state, so the caller logs the change once.
+    pub fn mark_down(&self, call: &str, rv: CK_RV) -> bool {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.last_error.store(rv, Ordering::Relaxed);
+        let was_up = self.up.swap(false, Ordering::AcqRel);
+        if was_up {
+            log::error!(
+                "member {} is down: {call} returned {}",
+                self.describe(),
+                ckr_name(rv)
+            );
+        }
+        was_up
+    }
+
+    /// Marks the member up again, after the health check found its token.
+    pub fn mark_up(&self) -> bool {
+        !self.up.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} slot {} serial {}",
+            self.module.name, self.slot_id, self.serial
+        )
+    }
+
+    /// Opens a real session on the member.
+    pub fn open_session(&self, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
+        self.module.open_session(self.slot_id, flags)
+    }
+
+    /// Runs `f` with the member's service session, opening it first when
+    /// needed. The service session is read-only and shares the login state
+    /// of the application's sessions, as every session of one application
+    /// on one token does.
+    pub fn with_service<R>(&self, f: impl FnOnce(CK_SESSION_HANDLE) -> Result<R>) -> Result<R> {
+        let mut service = self.service.lock();
+        let handle = match *service {
+            Some(handle) => handle,
+            None => {
+                let handle = self.open_session(CKF_SERIAL_SESSION)?;
+                *service = Some(handle);
+                handle
+            }
+        };
+        let result = f(handle);
+        if matches!(
+            result,
+            Err(Rv(CKR_SESSION_HANDLE_INVALID | CKR_SESSION_CLOSED))
+        ) {
+            // The vendor dropped the session (restart, C_CloseAllSessions
+            // by another path); open a new one next time.
+            *service = None;
+        }
+        result
+    }
+
+    pub fn has_service(&self) -> bool {
+        self.service.lock().is_some()
+    }
+
+    /// Closes the service session, if open. Called when the application's
+    /// last session on the WLD slot is closed, so the vendor logs the
+    /// application out of the token as PKCS#11 prescribes.
+    pub fn close_service(&self) {
+        if let Some(handle) = self.service.lock().take() {
+            let rv = vcall!(self.module, C_CloseSession(handle));
+            if rv != CKR_OK && rv != CKR_SESSION_HANDLE_INVALID {
+                log::debug!(
+                    "member {}: closing the service session returned {}",
+                    self.describe(),
+                    ckr_name(rv)
+                );
+            }
+        }
+    }
+
+    /// Forgets the service session without calling the vendor, after the
+    /// module instance was initialized again and the handle means nothing.
+    pub fn drop_service(&self) {
+        self.service.lock().take();
+    }
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}

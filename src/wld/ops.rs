@@ -1,0 +1,213 @@
+//! Cryptographic operations of a session: init, single-part, update and
+//! final calls, and what each session remembers of its active operations.
+//!
+//! PKCS#11 keeps an operation active after a call that only asked for the
+//! output length (a NULL output buffer) or that returned
+//! CKR_BUFFER_TOO_SMALL; any other result ends it. The proxy follows the
+//! same rule for its own record of the operation, which is what lets an
+//! operation be started again on another member.
+
+use super::session::Session;
+use crate::error::{Result, Rv};
+use crate::instance::Instance;
+use crate::mechanism::{self, Checked, OwnedMechanism};
+use crate::vendor::VendorModule;
+use cryptoki_sys::*;
+
+/// The kinds of operation a session can have active, one of each at most.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum OpKind {
+    Encrypt = 0,
+    Decrypt,
+    Digest,
+    Sign,
+    Verify,
+    SignRecover,
+    VerifyRecover,
+}
+
+pub const OP_KINDS: usize = 7;
+
+impl OpKind {
+    /// The name of the init call, for logs.
+    pub fn init_name(self) -> &'static str {
+        match self {
+            OpKind::Encrypt => "C_EncryptInit",
+            OpKind::Decrypt => "C_DecryptInit",
+            OpKind::Digest => "C_DigestInit",
+            OpKind::Sign => "C_SignInit",
+            OpKind::Verify => "C_VerifyInit",
+            OpKind::SignRecover => "C_SignRecoverInit",
+            OpKind::VerifyRecover => "C_VerifyRecoverInit",
+        }
+    }
+}
+
+/// What a session remembers of one active operation.
+pub struct ActiveOp {
+    /// A copy of the mechanism; `None` when its parameter has a layout the
+    /// proxy cannot copy.
+    pub mechanism: Option<OwnedMechanism>,
+    /// The virtual key handle; 0 for a digest.
+    pub key: CK_OBJECT_HANDLE,
+    /// The input of the update calls so far, kept for a replay up to the
+    /// configured limit.
+    pub parts: Vec<u8>,
+    /// Whether `parts` holds every update's input.
+    pub parts_complete: bool,
+    /// Whether an update call was made.
+    pub updated: bool,
+}
+
+/// Calls the vendor's init function for `kind` and records the operation.
+///
+/// `call` receives the member's module, the real session, the mechanism
+/// (with its object handles translated for the session's member) and the
+/// real key handle.
+pub fn init(
+    instance: &Instance,
+    session: &mut Session,
+    kind: OpKind,
+    mechanism: Checked<'_>,
+    key: CK_OBJECT_HANDLE,
+    call: impl FnOnce(&VendorModule, CK_SESSION_HANDLE, *mut CK_MECHANISM, CK_OBJECT_HANDLE) -> CK_RV,
+) -> Result<()> {
+    if !session.slot.supports(mechanism.kind()) {
+        return Err(Rv(CKR_MECHANISM_INVALID));
+    }
+    let real_key = if kind == OpKind::Digest {
+        0
+    } else {
+        session.object(&instance.objects, key, CKR_KEY_HANDLE_INVALID)?
+    };
+    let owned = mechanism.to_owned();
+    let rv = if mechanism::has_handles(mechanism.kind()) {
+        let Some(owned) = owned.as_ref() else {
+            return Err(Rv(CKR_MECHANISM_PARAM_INVALID));
+        };
+        let objects = &instance.objects;
+        let translate = |h| session.object(objects, h, CKR_MECHANISM_PARAM_INVALID);
+        owned.with(translate, |m| {
+            call(session.module(), session.real, m, real_key)
+        })?
+    } else {
+        call(session.module(), session.real, mechanism.as_ptr(), real_key)
+    };
+    session.check(kind.init_name(), rv)?;
+    session.ops[kind as usize] = Some(ActiveOp {
+        mechanism: owned,
+        key,
+        parts: Vec::new(),
+        parts_complete: true,
+        updated: false,
+    });
+    Ok(())
+}
+
+/// Calls a single-part function (C_Sign, C_Encrypt, ...) of `kind`.
+/// `size_query` is whether the output buffer is NULL.
+pub fn single(
+    session: &mut Session,
+    kind: OpKind,
+    name: &'static str,
+    size_query: bool,
+    call: impl FnOnce(&VendorModule, CK_SESSION_HANDLE) -> CK_RV,
+) -> Result<()> {
+    let rv = call(session.module(), session.real);
+    finish(session, kind, name, size_query, rv)
+}
+
+/// Calls an update function of `kind` with `data` as the input to keep
+/// for a replay. `size_query` is whether the output buffer is NULL, in
+/// which case the vendor only returns the output length and consumes no
+/// input.
+pub fn update(
+    instance: &Instance,
+    session: &mut Session,
+    kind: OpKind,
+    name: &'static str,
+    data: &[u8],
+    size_query: bool,
+    call: impl FnOnce(&VendorModule, CK_SESSION_HANDLE) -> CK_RV,
+) -> Result<()> {
+    let rv = call(session.module(), session.real);
+    if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
+        session.ops[kind as usize] = None;
+        return session.check(name, rv);
+    }
+    if rv == CKR_OK && !size_query {
+        let limit = instance.config.health.replay_limit_bytes;
+        if let Some(op) = session.ops[kind as usize].as_mut() {
+            op.updated = true;
+            if op.parts_complete && op.parts.len() + data.len() <= limit {
+                op.parts.extend_from_slice(data);
+            } else {
+                op.parts_complete = false;
+                op.parts = Vec::new();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Calls a function that feeds two operations at once (C_DigestEncryptUpdate
+/// and the like). Neither operation can be replayed afterwards.
+pub fn dual_update(
+    session: &mut Session,
+    kinds: [OpKind; 2],
+    name: &'static str,
+    call: impl FnOnce(&VendorModule, CK_SESSION_HANDLE) -> CK_RV,
+) -> Result<()> {
+    let rv = call(session.module(), session.real);
+    for kind in kinds {
+        if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
+            session.ops[kind as usize] = None;
+        } else if let Some(op) = session.ops[kind as usize].as_mut() {
+            op.updated = true;
+            op.parts_complete = false;
+            op.parts = Vec::new();
+        }
+    }
+    session.check(name, rv)
+}
+
+/// Records the end of an operation after a single-part or final call that
+/// returned `rv`.
+pub fn finish(
+    session: &mut Session,
+    kind: OpKind,
+    name: &'static str,
+    size_query: bool,
+    rv: CK_RV,
+) -> Result<()> {
+    let stays_active = rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && size_query);
+    if !stays_active {
+        session.ops[kind as usize] = None;
+    }
+    session.check(name, rv)
+}
+
+/// Calls `call` with `mechanism` as the session's member must see it: with
+/// the object handles in its parameter translated to that member's. Also
+/// checks that every healthy member supports the mechanism.
+pub fn with_mechanism(
+    instance: &Instance,
+    session: &Session,
+    mechanism: Checked<'_>,
+    call: impl FnOnce(*mut CK_MECHANISM) -> CK_RV,
+) -> Result<CK_RV> {
+    if !session.slot.supports(mechanism.kind()) {
+        return Err(Rv(CKR_MECHANISM_INVALID));
+    }
+    if !mechanism::has_handles(mechanism.kind()) {
+        return Ok(call(mechanism.as_ptr()));
+    }
+    let owned = mechanism
+        .to_owned()
+        .ok_or(Rv(CKR_MECHANISM_PARAM_INVALID))?;
+    let objects = &instance.objects;
+    owned.with(
+        |h| session.object(objects, h, CKR_MECHANISM_PARAM_INVALID),
+        call,
+    )
+}

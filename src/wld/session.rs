@@ -1,0 +1,390 @@
+//! Virtual sessions: the table of sessions and what each one runs on.
+//!
+//! A virtual session handle indexes a table of slots, each with its own
+//! lock. A call on a session takes that session's lock only, and holds it
+//! across the call into the member's vendor module; no other lock of the
+//! proxy is on that path. The handle carries a generation in its upper bits
+//! so a closed handle stays invalid after its slot is reused.
+
+use super::login::{self, Credentials};
+use super::member::Member;
+use super::object::{ObjectTable, Place};
+use super::ops::{ActiveOp, OP_KINDS};
+use super::slot::VirtualSlot;
+use crate::config::Policy;
+use crate::error::{Result, Rv};
+use crate::health;
+use crate::vcall;
+use crate::vendor::VendorModule;
+use cryptoki_sys::*;
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+const INDEX_BITS: u32 = 20;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+const GENERATIONS: u64 = 4095;
+const CHUNK: usize = 64;
+const MAX_SESSIONS: usize = 1 << INDEX_BITS;
+/// A closed session's slot is reused only once this many more are free.
+const REUSE_AFTER: usize = 256;
+
+/// One open virtual session.
+pub struct Session {
+    pub handle: CK_SESSION_HANDLE,
+    pub slot: Arc<VirtualSlot>,
+    pub member: Arc<Member>,
+    /// The real session on `member`.
+    pub real: CK_SESSION_HANDLE,
+    pub flags: CK_FLAGS,
+    /// Session objects made through this session; the vendor destroys them
+    /// when the session closes, and their handles are freed then.
+    pub objects: Vec<CK_OBJECT_HANDLE>,
+    /// Whether a find operation is active.
+    pub finding: bool,
+    /// The active cryptographic operations, by [`super::ops::OpKind`].
+    pub ops: [Option<ActiveOp>; OP_KINDS],
+}
+
+impl Session {
+    pub fn is_rw(&self) -> bool {
+        self.flags & CKF_RW_SESSION != 0
+    }
+
+    pub fn place(&self) -> Place<'_> {
+        Place {
+            slot: self.slot.id,
+            member: &self.member,
+        }
+    }
+
+    pub fn module(&self) -> &VendorModule {
+        &self.member.module
+    }
+
+    /// Returns the real handle of a virtual object handle on this session's
+    /// member.
+    pub fn object(
+        &self,
+        objects: &ObjectTable,
+        handle: CK_OBJECT_HANDLE,
+        invalid: CK_RV,
+    ) -> Result<CK_OBJECT_HANDLE> {
+        objects.resolve(&self.place(), handle, invalid)
+    }
+
+    /// Turns the return code of a vendor call on this session into a result,
+    /// marking the member down when the code says the device is gone.
+    pub fn check(&self, call: &'static str, rv: CK_RV) -> Result<()> {
+        if rv == CKR_OK {
+            return Ok(());
+        }
+        if health::is_member_failure(rv) {
+            self.member.mark_down(call, rv);
+        }
+        Err(Rv(rv))
+    }
+}
+
+struct SessionSlot {
+    inner: Mutex<Option<Session>>,
+}
+
+type Chunk = [SessionSlot; CHUNK];
+
+#[derive(Default)]
+struct Allocator {
+    next: usize,
+    free: VecDeque<usize>,
+    generations: Vec<u64>,
+}
+
+/// Every open virtual session of the application.
+pub struct SessionTable {
+    chunks: Box<[AtomicPtr<Chunk>]>,
+    alloc: Mutex<Allocator>,
+    open: AtomicUsize,
+}
+
+impl Default for SessionTable {
+    fn default() -> Self {
+        SessionTable::new()
+    }
+}
+
+impl Drop for SessionTable {
+    fn drop(&mut self) {
+        for chunk in self.chunks.iter() {
+            let ptr = chunk.load(Ordering::Acquire);
+            if !ptr.is_null() {
+                // SAFETY: every non-NULL chunk pointer comes from
+                // Box::into_raw in `insert` and is freed only here.
+                drop(unsafe { Box::from_raw(ptr) });
+            }
+        }
+    }
+}
+
+impl SessionTable {
+    pub fn new() -> SessionTable {
+        SessionTable {
+            chunks: (0..MAX_SESSIONS / CHUNK)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect(),
+            alloc: Mutex::new(Allocator::default()),
+            open: AtomicUsize::new(0),
+        }
+    }
+
+    fn slot_at(&self, index: usize) -> Option<&SessionSlot> {
+        let ptr = self.chunks.get(index / CHUNK)?.load(Ordering::Acquire);
+        // SAFETY: a chunk, once published, stays allocated until the table
+        // is dropped, and the table outlives every borrow of it.
+        (!ptr.is_null()).then(|| unsafe { &(*ptr)[index % CHUNK] })
+    }
+
+    /// Runs `f` on the open session `handle`, holding its lock.
+    #[inline]
+    pub fn with<R>(
+        &self,
+        handle: CK_SESSION_HANDLE,
+        f: impl FnOnce(&mut Session) -> Result<R>,
+    ) -> Result<R> {
+        let slot = self
+            .slot_at((handle & INDEX_MASK) as usize)
+            .ok_or(Rv(CKR_SESSION_HANDLE_INVALID))?;
+        let mut inner = slot.inner.lock();
+        match inner.as_mut() {
+            Some(session) if session.handle == handle && handle != 0 => f(session),
+            _ => Err(Rv(CKR_SESSION_HANDLE_INVALID)),
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Opens a session on `slot`: on the member the policy picks, or when
+    /// that member fails to open one, on the next healthy member.
+    pub fn open(
+        &self,
+        slot: &Arc<VirtualSlot>,
+        flags: CK_FLAGS,
+        policy: Policy,
+    ) -> Result<CK_SESSION_HANDLE> {
+        if flags & CKF_SERIAL_SESSION == 0 {
+            return Err(Rv(CKR_SESSION_PARALLEL_NOT_SUPPORTED));
+        }
+        let rw = flags & CKF_RW_SESSION != 0;
+        let credentials = login::reserve_session(slot, rw)?;
+        let opened = self.open_on_member(slot, flags, credentials.as_ref(), policy);
+        let (member, real) = match opened {
+            Ok(found) => found,
+            Err(rv) => {
+                login::release_session(slot, rw);
+                return Err(rv);
+            }
+        };
+        let session = Session {
+            handle: 0,
+            slot: slot.clone(),
+            member,
+            real,
+            flags,
+            objects: Vec::new(),
+            finding: false,
+            ops: Default::default(),
+        };
+        self.insert(session)
+            .inspect_err(|_| login::release_session(slot, rw))
+    }
+
+    /// Opens a real session on the first candidate member that accepts
+    /// one, logging it in when the application is logged in.
+    fn open_on_member(
+        &self,
+        slot: &VirtualSlot,
+        flags: CK_FLAGS,
+        credentials: Option<&Credentials>,
+        policy: Policy,
+    ) -> Result<(Arc<Member>, CK_SESSION_HANDLE)> {
+        let candidates = slot.candidates(policy);
+        let mut last = Rv(CKR_TOKEN_NOT_PRESENT);
+        for member in candidates {
+            match open_real(&member, flags, credentials) {
+                Ok(real) => return Ok((member, real)),
+                Err(rv) if health::is_member_failure(rv.0) => {
+                    member.mark_down("C_OpenSession", rv.0);
+                    last = rv;
+                }
+                Err(rv) if rv.0 == CKR_SESSION_COUNT || rv.0 == CKR_PIN_INCORRECT => {
+                    // A member that is full, or that rejects the PIN the
+                    // others accepted, is skipped for this session.
+                    last = rv;
+                }
+                Err(rv) => return Err(rv),
+            }
+        }
+        if !slot.token_present() {
+            return Err(Rv(CKR_TOKEN_NOT_PRESENT));
+        }
+        if health::is_member_failure(last.0) {
+            return Err(Rv(CKR_DEVICE_ERROR));
+        }
+        Err(last)
+    }
+
+    /// Stores `session` in a free slot of the table and returns its handle.
+    fn insert(&self, mut session: Session) -> Result<CK_SESSION_HANDLE> {
+        let (index, handle) = match self.reserve() {
+            Ok(reserved) => reserved,
+            Err(rv) => {
+                self.close_real(&session);
+                return Err(rv);
+            }
+        };
+        session.handle = handle;
+        let Some(slot) = self.slot_at(index) else {
+            self.close_real(&session);
+            return Err(Rv(CKR_GENERAL_ERROR));
+        };
+        *slot.inner.lock() = Some(session);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(handle)
+    }
+
+    /// Takes a free slot index and returns it with the handle it gets.
+    fn reserve(&self) -> Result<(usize, CK_SESSION_HANDLE)> {
+        let mut alloc = self.alloc.lock();
+        let index = if alloc.free.len() > REUSE_AFTER {
+            alloc.free.pop_front().unwrap_or_default()
+        } else if alloc.next < MAX_SESSIONS {
+            alloc.next += 1;
+            alloc.generations.push(0);
+            alloc.next - 1
+        } else if let Some(index) = alloc.free.pop_front() {
+            index
+        } else {
+            log::error!("too many open sessions ({MAX_SESSIONS})");
+            return Err(Rv(CKR_SESSION_COUNT));
+        };
+        if self.slot_at(index).is_none() {
+            let chunk: Box<Chunk> = Box::new(std::array::from_fn(|_| SessionSlot {
+                inner: Mutex::new(None),
+            }));
+            self.chunks[index / CHUNK].store(Box::into_raw(chunk), Ordering::Release);
+        }
+        let generation = &mut alloc.generations[index];
+        *generation = *generation % GENERATIONS + 1;
+        Ok((index, (*generation << INDEX_BITS) | index as u64))
+    }
+
+    /// Closes one session.
+    pub fn close(&self, objects: &ObjectTable, handle: CK_SESSION_HANDLE) -> Result<()> {
+        let slot = self
+            .slot_at((handle & INDEX_MASK) as usize)
+            .ok_or(Rv(CKR_SESSION_HANDLE_INVALID))?;
+        let session = {
+            let mut inner = slot.inner.lock();
+            match inner.as_ref() {
+                Some(session) if session.handle == handle && handle != 0 => inner.take(),
+                _ => None,
+            }
+        };
+        let session = session.ok_or(Rv(CKR_SESSION_HANDLE_INVALID))?;
+        for object in &session.objects {
+            objects.free(*object);
+        }
+        let virtual_slot = session.slot.clone();
+        let rw = session.is_rw();
+        self.close_real(&session);
+        self.alloc
+            .lock()
+            .free
+            .push_back((handle & INDEX_MASK) as usize);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        login::release_session(&virtual_slot, rw);
+        Ok(())
+    }
+
+    /// Closes the real session behind a virtual one.
+    fn close_real(&self, session: &Session) {
+        let member = &session.member;
+        let rv = vcall!(member.module, C_CloseSession(session.real));
+        if rv != CKR_OK && member.is_up() {
+            log::warn!(
+                "member {}: C_CloseSession returned {}",
+                member.describe(),
+                Rv(rv)
+            );
+        }
+        if member.open_sessions.fetch_sub(1, Ordering::AcqRel) == 1 && !member.has_service() {
+            // The vendor logged the application out with its last session.
+            member.login_epoch.store(0, Ordering::Release);
+        }
+    }
+
+    /// Returns the handles of the open sessions that `keep` selects.
+    pub fn handles(&self, keep: impl Fn(&Session) -> bool) -> Vec<CK_SESSION_HANDLE> {
+        let next = self.alloc.lock().next;
+        (0..next)
+            .filter_map(|index| {
+                let slot = self.slot_at(index)?;
+                let inner = slot.inner.lock();
+                inner.as_ref().filter(|s| keep(s)).map(|s| s.handle)
+            })
+            .collect()
+    }
+
+    /// Closes every session on the WLD slot `slot_id`.
+    pub fn close_all(&self, objects: &ObjectTable, slot_id: CK_SLOT_ID) {
+        for handle in self.handles(|s| s.slot.id == slot_id) {
+            // A session closed meanwhile by another thread is no error.
+            let _ = self.close(objects, handle);
+        }
+    }
+}
+
+/// Opens a real session on `member` and logs it in with `credentials`.
+fn open_real(
+    member: &Member,
+    flags: CK_FLAGS,
+    credentials: Option<&Credentials>,
+) -> Result<CK_SESSION_HANDLE> {
+    let real = member.open_session(flags)?;
+    member.open_sessions.fetch_add(1, Ordering::AcqRel);
+    member.total_sessions.fetch_add(1, Ordering::Relaxed);
+    let Some(credentials) = credentials else {
+        return Ok(real);
+    };
+    if member.login_epoch.load(Ordering::Acquire) == credentials.epoch {
+        return Ok(real);
+    }
+    match credentials.apply(member, real) {
+        Ok(()) => Ok(real),
+        Err(rv) => {
+            log::error!(
+                "member {}: login with the WLD slot's PIN failed: {rv}",
+                member.describe()
+            );
+            let _ = vcall!(member.module, C_CloseSession(real));
+            member.open_sessions.fetch_sub(1, Ordering::AcqRel);
+            Err(rv)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_handles_invalid() {
+        let table = SessionTable::new();
+        for handle in [0, 1, 1 << INDEX_BITS, CK_ULONG::MAX] {
+            let result = table.with(handle, |_| Ok(()));
+            assert_eq!(result, Err(Rv(CKR_SESSION_HANDLE_INVALID)), "{handle:#x}");
+        }
+    }
+}
