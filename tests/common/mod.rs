@@ -1,0 +1,30 @@
+//! Integration-test fixture: process isolation, SoftHSM2 token directories,
+//! HSMs served by `p11-kit server`, the standard key set and p11wld
+//! configuration files.
+//!
+//! Every test file includes it with `mod common;` and defines its tests with
+//! [`isolated!`](crate::isolated), so that each test runs in a process of its
+//! own.
+
+// Each test file uses a different part of the fixture, so every file would
+// otherwise warn about the helpers and re-exports that it does not use.
+#![allow(dead_code, unused_imports)]
+
+pub mod client;
+pub mod config;
+pub mod env;
+pub mod isolate;
+pub mod keys;
+pub mod p11kit;
+pub mod paths;
+pub mod setups;
+pub mod softhsm;
+
+pub use config::{config_text, ConfigFile, ModuleEntry};
+pub use env::ScopedEnv;
+pub use p11kit::P11KitHsm;
+pub use setups::{
+    one_softhsm_with_tokens, three_hsm_processes, OneSoftHsm, ThreeHsms, OTHER_LABEL, SO_PIN,
+    USER_PIN, WLD_LABEL,
+};
+pub use softhsm::{SoftHsm, TokenSummary};
