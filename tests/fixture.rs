@@ -30,7 +30,7 @@ use cryptoki::session::Session;
 const CONFLICT_ENV: &str = "P11WLD_TEST_CONFLICT";
 
 /// Sets `CONFLICT_ENV` to `value` and checks that no other test changes it,
-/// which would happen if two tests shared a process.
+/// which would happen if two tests ran in one process.
 fn hold_conflicting_env(value: &str) {
     assert_eq!(
         std::env::var_os(CONFLICT_ENV),
@@ -284,7 +284,11 @@ isolated! {
         eprintln!("one_softhsm_with_tokens took {:?}", arrangement.setup_time);
 
         let tokens = arrangement.softhsm.tokens();
-        assert_eq!(tokens.len(), 5, "3 WLD_A tokens, OTHER and the free slot: {tokens:?}");
+        assert_eq!(
+            tokens.len(),
+            5,
+            "3 WLD_A tokens, OTHER and the free slot: {tokens:?}"
+        );
         let free: Vec<_> = tokens.iter().filter(|t| !t.initialized).collect();
         assert_eq!(free.len(), 1, "one free slot: {tokens:?}");
         for serial in &arrangement.wld_serials {
@@ -292,11 +296,18 @@ isolated! {
             assert_eq!(token.label, WLD_LABEL);
             assert!(token.user_pin_initialized);
         }
-        let other = tokens.iter().find(|t| t.serial == arrangement.other_serial).unwrap();
+        let other = tokens
+            .iter()
+            .find(|t| t.serial == arrangement.other_serial)
+            .unwrap();
         assert_eq!(other.label, OTHER_LABEL);
         assert!(other.user_pin_initialized);
 
-        let mut serials: Vec<&String> = tokens.iter().filter(|t| t.initialized).map(|t| &t.serial).collect();
+        let mut serials: Vec<&String> = tokens
+            .iter()
+            .filter(|t| t.initialized)
+            .map(|t| &t.serial)
+            .collect();
         serials.sort();
         serials.dedup();
         assert_eq!(serials.len(), 4, "every token has its own serial number");
@@ -305,7 +316,10 @@ isolated! {
         assert_eq!(entry.path, paths::softhsm_module());
         assert_eq!(
             entry.env,
-            vec![(SOFTHSM2_CONF.to_owned(), arrangement.softhsm.conf_path().display().to_string())]
+            vec![(
+                SOFTHSM2_CONF.to_owned(),
+                arrangement.softhsm.conf_path().display().to_string()
+            )]
         );
     }
 
@@ -315,7 +329,11 @@ isolated! {
 
         let wld_slots = slots_with_label(&pkcs11, WLD_LABEL);
         assert_eq!(wld_slots.len(), 3);
-        for serial in arrangement.wld_serials.iter().chain([&arrangement.other_serial]) {
+        for serial in arrangement
+            .wld_serials
+            .iter()
+            .chain([&arrangement.other_serial])
+        {
             let slot = slot_with_serial(&pkcs11, serial);
             let session = user_session(&pkcs11, slot, USER_PIN);
             assert_key_set(&session, serial);
@@ -333,11 +351,15 @@ isolated! {
         let rsa_key = find_key(&session, ObjectClass::PRIVATE_KEY, keys::RSA_LABEL);
         let ec_key = find_key(&session, ObjectClass::PRIVATE_KEY, keys::EC_LABEL);
 
-        let pkcs1 = session.sign(&Mechanism::Sha256RsaPkcs, rsa_key, message).unwrap();
+        let pkcs1 = session
+            .sign(&Mechanism::Sha256RsaPkcs, rsa_key, message)
+            .unwrap();
         assert_eq!(keys::verify_rsa_pkcs1_sha256(message, &pkcs1), Ok(()));
         assert!(keys::verify_rsa_pkcs1_sha256(b"another message", &pkcs1).is_err());
 
-        let pss = session.sign(&keys::rsa_pss_sha256_mechanism(), rsa_key, message).unwrap();
+        let pss = session
+            .sign(&keys::rsa_pss_sha256_mechanism(), rsa_key, message)
+            .unwrap();
         assert_eq!(keys::verify_rsa_pss_sha256(message, &pss), Ok(()));
         assert!(keys::verify_rsa_pss_sha256(b"another message", &pss).is_err());
 
@@ -375,7 +397,11 @@ isolated! {
         for serial in &arrangement.wld_serials {
             let session = user_session(&pkcs11, slot_with_serial(&pkcs11, serial), USER_PIN);
             let key = find_key(&session, ObjectClass::SECRET_KEY, keys::AES_LABEL);
-            ciphertexts.push(session.encrypt(&Mechanism::AesCbc(iv), key, &plaintext).unwrap());
+            ciphertexts.push(
+                session
+                    .encrypt(&Mechanism::AesCbc(iv), key, &plaintext)
+                    .unwrap(),
+            );
         }
         assert_eq!(ciphertexts[0], ciphertexts[1]);
         assert_eq!(ciphertexts[0], ciphertexts[2]);
@@ -384,7 +410,9 @@ isolated! {
         let last = arrangement.wld_serials.last().unwrap();
         let session = user_session(&pkcs11, slot_with_serial(&pkcs11, last), USER_PIN);
         let key = find_key(&session, ObjectClass::SECRET_KEY, keys::AES_LABEL);
-        let decrypted = session.decrypt(&Mechanism::AesCbc(iv), key, &ciphertexts[0]).unwrap();
+        let decrypted = session
+            .decrypt(&Mechanism::AesCbc(iv), key, &ciphertexts[0])
+            .unwrap();
         assert_eq!(decrypted, plaintext);
     }
 
@@ -419,7 +447,11 @@ isolated! {
         };
         assert!(message.contains("already initialized"), "{message}");
         assert!(message.contains("CryptokiAlreadyInitialized"), "{message}");
-        assert_eq!(pkcs11.get_slots_with_token().unwrap().len(), 1, "SoftHSM2 still works");
+        assert_eq!(
+            pkcs11.get_slots_with_token().unwrap().len(),
+            1,
+            "SoftHSM2 still works"
+        );
     }
 }
 
@@ -521,8 +553,15 @@ isolated! {
     fn p11kit_server_serves_all_slots() {
         let started = Instant::now();
         let (hsm, serial) = start_hsm("hsm1");
-        eprintln!("one token with the key set and its server took {:?}", started.elapsed());
-        assert_eq!(hsm.processes().len(), 1, "only the server before any client");
+        eprintln!(
+            "one token with the key set and its server took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            hsm.processes().len(),
+            1,
+            "only the server before any client"
+        );
         assert_eq!(hsm.connection_count(), 0);
 
         let pkcs11 = load_p11kit_client(&hsm.address());
@@ -530,8 +569,14 @@ isolated! {
         let slots = pkcs11.get_slots_with_token().unwrap();
         let ids: Vec<u64> = slots.iter().map(|slot| slot.id()).collect();
         assert_eq!(ids, vec![0x11, 0x12], "p11-kit assigns its own slot ids");
-        let infos: Vec<_> = slots.iter().map(|slot| pkcs11.get_token_info(*slot).unwrap()).collect();
-        let initialized: Vec<_> = infos.iter().filter(|info| info.token_initialized()).collect();
+        let infos: Vec<_> = slots
+            .iter()
+            .map(|slot| pkcs11.get_token_info(*slot).unwrap())
+            .collect();
+        let initialized: Vec<_> = infos
+            .iter()
+            .filter(|info| info.token_initialized())
+            .collect();
         assert_eq!(initialized.len(), 1);
         assert_eq!(initialized[0].label(), WLD_LABEL);
         assert_eq!(initialized[0].serial_number(), serial);
@@ -548,8 +593,14 @@ isolated! {
         let entry = hsm.module_entry();
         assert_eq!(entry.name, "hsm1");
         assert_eq!(entry.path, paths::p11kit_client_module());
-        assert_eq!(entry.env, vec![(P11_KIT_SERVER_ADDRESS.to_owned(), hsm.address())]);
-        assert_eq!(hsm.address(), format!("unix:path={}", hsm.socket().display()));
+        assert_eq!(
+            entry.env,
+            vec![(P11_KIT_SERVER_ADDRESS.to_owned(), hsm.address())]
+        );
+        assert_eq!(
+            hsm.address(),
+            format!("unix:path={}", hsm.socket().display())
+        );
     }
 
     fn p11kit_token_uri_hides_free_slot() {
@@ -560,7 +611,10 @@ isolated! {
         let pkcs11 = load_p11kit_client(&hsm.address());
         let slots = pkcs11.get_slots_with_token().unwrap();
         assert_eq!(slots.len(), 1);
-        assert_eq!(pkcs11.get_token_info(slots[0]).unwrap().serial_number(), serial);
+        assert_eq!(
+            pkcs11.get_token_info(slots[0]).unwrap().serial_number(),
+            serial
+        );
     }
 
     /// Checks that after SIGKILL a client gets CKR_DEVICE_ERROR, also after
@@ -570,20 +624,37 @@ isolated! {
         let pkcs11 = load_p11kit_client(&hsm.address());
         let session = user_session(&pkcs11, slot_with_serial(&pkcs11, &serial), USER_PIN);
         let key = find_key(&session, ObjectClass::PRIVATE_KEY, keys::RSA_LABEL);
-        session.sign(&Mechanism::Sha256RsaPkcs, key, b"before").unwrap();
+        session
+            .sign(&Mechanism::Sha256RsaPkcs, key, b"before")
+            .unwrap();
 
         hsm.kill_hard();
         assert!(!hsm.is_running());
-        assert!(hsm.socket().exists(), "SIGKILL leaves the socket file behind");
-        assert_eq!(rv_error(session.sign(&Mechanism::Sha256RsaPkcs, key, b"after")), RvError::DeviceError);
-        assert_eq!(rv_error(pkcs11.get_slots_with_token()), RvError::DeviceError);
+        assert!(
+            hsm.socket().exists(),
+            "SIGKILL leaves the socket file behind"
+        );
+        assert_eq!(
+            rv_error(session.sign(&Mechanism::Sha256RsaPkcs, key, b"after")),
+            RvError::DeviceError
+        );
+        assert_eq!(
+            rv_error(pkcs11.get_slots_with_token()),
+            RvError::DeviceError
+        );
 
         let started = Instant::now();
         hsm.restart();
         eprintln!("restart took {:?}", started.elapsed());
         assert!(hsm.is_running());
-        assert_eq!(rv_error(session.sign(&Mechanism::Sha256RsaPkcs, key, b"after")), RvError::DeviceError);
-        assert_eq!(rv_error(pkcs11.get_slots_with_token()), RvError::DeviceError);
+        assert_eq!(
+            rv_error(session.sign(&Mechanism::Sha256RsaPkcs, key, b"after")),
+            RvError::DeviceError
+        );
+        assert_eq!(
+            rv_error(pkcs11.get_slots_with_token()),
+            RvError::DeviceError
+        );
         assert_eq!(rv_error(pkcs11.get_library_info()), RvError::DeviceError);
 
         drop(session);
@@ -593,8 +664,17 @@ isolated! {
             .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
             .unwrap();
         sign_and_verify(&same_instance, &serial);
-        let ids: Vec<u64> = same_instance.get_slots_with_token().unwrap().iter().map(|s| s.id()).collect();
-        assert_eq!(ids, vec![0x11, 0x12], "the slot ids are the same after the restart");
+        let ids: Vec<u64> = same_instance
+            .get_slots_with_token()
+            .unwrap()
+            .iter()
+            .map(|s| s.id())
+            .collect();
+        assert_eq!(
+            ids,
+            vec![0x11, 0x12],
+            "the slot ids are the same after the restart"
+        );
     }
 
     /// Checks that with the server down, C_Initialize of p11-kit-client.so
@@ -621,34 +701,58 @@ isolated! {
         let slot = slot_with_serial(&pkcs11, &serial);
 
         hsm.stop();
-        assert!(hsm.processes().iter().all(|p| p.state == 'T'), "{:?}", hsm.processes());
+        assert!(
+            hsm.processes().iter().all(|p| p.state == 'T'),
+            "{:?}",
+            hsm.processes()
+        );
         let (info_sender, info_receiver) = mpsc::channel();
         let client = pkcs11.clone();
         thread::spawn(move || {
-            let label = client.get_token_info(slot).map(|info| info.label().to_owned());
+            let label = client
+                .get_token_info(slot)
+                .map(|info| info.label().to_owned());
             info_sender.send(label).unwrap();
         });
         let (init_sender, init_receiver) = mpsc::channel();
         let address = hsm.address();
         thread::spawn(move || {
             let second = load_p11kit_client(&address);
-            init_sender.send(second.get_slots_with_token().map(|slots| slots.len())).unwrap();
+            init_sender
+                .send(second.get_slots_with_token().map(|slots| slots.len()))
+                .unwrap();
         });
         let blocked = Duration::from_millis(500);
-        assert!(info_receiver.recv_timeout(blocked).is_err(), "C_GetTokenInfo blocks");
-        assert!(init_receiver.recv_timeout(blocked).is_err(), "a new client blocks");
+        assert!(
+            info_receiver.recv_timeout(blocked).is_err(),
+            "C_GetTokenInfo blocks"
+        );
+        assert!(
+            init_receiver.recv_timeout(blocked).is_err(),
+            "a new client blocks"
+        );
 
         hsm.cont();
         let finished = Duration::from_secs(10);
-        assert_eq!(info_receiver.recv_timeout(finished).unwrap().unwrap(), WLD_LABEL);
+        assert_eq!(
+            info_receiver.recv_timeout(finished).unwrap().unwrap(),
+            WLD_LABEL
+        );
         assert_eq!(init_receiver.recv_timeout(finished).unwrap().unwrap(), 2);
         sign_and_verify(&pkcs11, &serial);
 
         hsm.stop();
         let (sender, receiver) = mpsc::channel();
         let client = pkcs11.clone();
-        thread::spawn(move || sender.send(client.get_token_info(slot).map(|_| ())).unwrap());
-        assert!(receiver.recv_timeout(blocked).is_err(), "C_GetTokenInfo blocks");
+        thread::spawn(move || {
+            sender
+                .send(client.get_token_info(slot).map(|_| ()))
+                .unwrap()
+        });
+        assert!(
+            receiver.recv_timeout(blocked).is_err(),
+            "C_GetTokenInfo blocks"
+        );
         hsm.kill_hard();
         let result = receiver.recv_timeout(finished).unwrap();
         assert_eq!(rv_error(result), RvError::DeviceError);
@@ -675,7 +779,9 @@ isolated! {
         {
             let _address = ScopedEnv::set(P11_KIT_SERVER_ADDRESS, unreachable);
             for pkcs11 in [&to_first, &to_second] {
-                pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
+                pkcs11
+                    .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                    .unwrap();
             }
         }
         sign_and_verify(&to_first, &first_serial);
@@ -690,7 +796,8 @@ isolated! {
         };
         {
             let _address = ScopedEnv::set(P11_KIT_SERVER_ADDRESS, first.address());
-            late.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).unwrap();
+            late.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                .unwrap();
         }
         assert_eq!(late.get_all_slots().unwrap(), Vec::new());
     }
@@ -714,7 +821,10 @@ isolated! {
         let modules = parsed["module"].as_array().unwrap();
         assert_eq!(modules.len(), 3);
         for (number, (module, hsm)) in modules.iter().zip(&arrangement.hsms).enumerate() {
-            assert_eq!(module["name"].as_str(), Some(format!("hsm{}", number + 1).as_str()));
+            assert_eq!(
+                module["name"].as_str(),
+                Some(format!("hsm{}", number + 1).as_str())
+            );
             assert_eq!(
                 module["path"].as_str(),
                 Some(paths::p11kit_client_module().to_str().unwrap())
@@ -736,8 +846,19 @@ isolated! {
                 .into_iter()
                 .map(|slot| pkcs11.get_token_info(slot).unwrap())
                 .collect();
-            assert_eq!(infos.len(), 2, "the WLD_A token and the free slot of {}", hsm.name());
-            assert_eq!(infos.iter().filter(|info| !info.token_initialized()).count(), 1);
+            assert_eq!(
+                infos.len(),
+                2,
+                "the WLD_A token and the free slot of {}",
+                hsm.name()
+            );
+            assert_eq!(
+                infos
+                    .iter()
+                    .filter(|info| !info.token_initialized())
+                    .count(),
+                1
+            );
             assert_eq!(slots_with_serial(&pkcs11, serial).len(), 1);
         }
     }
@@ -746,22 +867,33 @@ isolated! {
         let entry = ModuleEntry::new("odd \"name\"", "/path/with \\ backslash/module.so")
             .with_env("PLAIN_NAME", "value with \"quotes\"")
             .with_env("name.with.dots", "x");
-        let config = ConfigFile::write(&[entry.clone(), ModuleEntry::new("plain", "/m.so")], "[log]\nlevel = \"debug\"");
+        let config = ConfigFile::write(
+            &[entry.clone(), ModuleEntry::new("plain", "/m.so")],
+            "[log]\nlevel = \"debug\"",
+        );
 
         let text = config.text();
         assert!(text.contains("env = { PLAIN_NAME = "), "{text}");
-        let parsed: toml::Table = text.parse().unwrap_or_else(|e| panic!("invalid TOML: {e}\n{text}"));
+        let parsed: toml::Table = text
+            .parse()
+            .unwrap_or_else(|e| panic!("invalid TOML: {e}\n{text}"));
         let modules = parsed["module"].as_array().unwrap();
         assert_eq!(modules.len(), 2);
         assert_eq!(modules[0]["name"].as_str(), Some(entry.name.as_str()));
         assert_eq!(modules[0]["path"].as_str(), entry.path.to_str());
-        assert_eq!(modules[0]["env"]["PLAIN_NAME"].as_str(), Some("value with \"quotes\""));
+        assert_eq!(
+            modules[0]["env"]["PLAIN_NAME"].as_str(),
+            Some("value with \"quotes\"")
+        );
         assert_eq!(modules[0]["env"]["name.with.dots"].as_str(), Some("x"));
         assert!(modules[1].get("env").is_none());
         assert_eq!(parsed["log"]["level"].as_str(), Some("debug"));
 
         let _guard = config.set_env();
-        assert_eq!(std::env::var_os("P11WLD_CONFIG").as_deref(), Some(config.path().as_os_str()));
+        assert_eq!(
+            std::env::var_os("P11WLD_CONFIG").as_deref(),
+            Some(config.path().as_os_str())
+        );
     }
 }
 

@@ -177,12 +177,15 @@ impl ChildOutcome {
                 self.pid, self.status
             ));
         }
-        // libtest prints "test result: ok. 1 passed; 0 failed; ..." when the
-        // filter matched exactly one test and that test passed.
-        let ran_one_test = self
+        // libtest ends with "test result: ok. 1 passed; 0 failed; ..." when the
+        // filter matched exactly one test and that test passed. Earlier
+        // summary lines can come from grandchildren that the test started.
+        let summary = self
             .output
             .lines()
-            .any(|line| line.starts_with("test result: ok. 1 passed;"));
+            .rfind(|line| line.starts_with("test result:"));
+        let ran_one_test =
+            summary.is_some_and(|line| line.starts_with("test result: ok. 1 passed;"));
         if !ran_one_test {
             return Err(format!(
                 "isolated test {name}: the child process ran no test because `--exact {name}` \

@@ -122,7 +122,7 @@ fn big_endian(value: &BigUint) -> Vec<u8> {
     value.to_bytes_be()
 }
 
-/// Attributes shared by every object of the key set.
+/// Attributes common to every object of the key set.
 fn common_attributes(
     class: ObjectClass,
     key_type: KeyType,

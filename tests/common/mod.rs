@@ -4,7 +4,22 @@
 //!
 //! Every test file includes it with `mod common;` and defines its tests with
 //! [`isolated!`](crate::isolated), so that each test runs in a process of its
-//! own.
+//! own:
+//!
+//! ```ignore
+//! mod common;
+//!
+//! isolated! {
+//!     fn wld_slot_signs() {
+//!         let hsms = common::three_hsm_processes(false);
+//!         let config = hsms.write_config(common::setups::DEFAULT_EXTRA);
+//!         let _config_env = config.set_env();
+//!         let pkcs11 = common::client::load_initialized(&common::paths::p11wld_module());
+//!         // ... sign through p11wld, then check the signature with
+//!         // common::keys::verify_rsa_pkcs1_sha256.
+//!     }
+//! }
+//! ```
 
 // Each test file uses a different part of the fixture, so every file would
 // otherwise warn about the helpers and re-exports that it does not use.

@@ -35,14 +35,26 @@ pub fn p11wld_cli() -> PathBuf {
 }
 
 /// Returns the p11wld PKCS#11 module: `$P11WLD_TEST_MODULE`, else the
-/// `libp11wld.so` that cargo builds next to the `p11wld` program (the crate's
-/// cdylib, built by `cargo test` for the integration tests).
+/// crate's cdylib `libp11wld.so` from the cargo build of this test.
+///
+/// `cargo test` (checked with cargo 1.95) builds the cdylib into the `deps`
+/// directory next to the `p11wld` program and, unlike `cargo build`, does
+/// not copy it next to the program. So `deps/libp11wld.so` is preferred,
+/// because a copy next to the program can be left from an older build.
 pub fn p11wld_module() -> PathBuf {
-    let built = p11wld_cli()
+    if let Some(path) = std::env::var_os(MODULE_ENV).filter(|value| !value.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let profile_dir = p11wld_cli()
         .parent()
         .expect("the p11wld program has a parent directory")
-        .join("libp11wld.so");
-    from_env_or(MODULE_ENV, built)
+        .to_owned();
+    let in_deps = profile_dir.join("deps").join("libp11wld.so");
+    if in_deps.exists() {
+        in_deps
+    } else {
+        profile_dir.join("libp11wld.so")
+    }
 }
 
 /// Returns SoftHSM2's PKCS#11 module: `$P11WLD_TEST_SOFTHSM`, else Debian's

@@ -154,7 +154,7 @@ impl SoftHsm {
     /// serial number, which is new in this directory.
     pub fn init_token(&self, label: &str, so_pin: &str, user_pin: &str) -> String {
         self.with_module(|pkcs11| {
-            let before: Vec<TokenSummary> = slot_summaries(pkcs11);
+            let before = slot_summaries(pkcs11);
             let free = before
                 .iter()
                 .find(|token| !token.initialized)
@@ -164,20 +164,7 @@ impl SoftHsm {
                 .init_token(free_slot, &AuthPin::from(so_pin), label)
                 .unwrap_or_else(|e| panic!("C_InitToken of a token labelled {label} failed: {e}"));
 
-            let after = slot_summaries(pkcs11);
-            let mut new_tokens = after.iter().filter(|token| {
-                token.initialized
-                    && token.label == label
-                    && !before.iter().any(|old| old.initialized && old.serial == token.serial)
-            });
-            let token = new_tokens
-                .next()
-                .unwrap_or_else(|| panic!("the new token labelled {label} was not found after C_InitToken; slots: {after:?}"));
-            assert!(
-                new_tokens.next().is_none(),
-                "more than one new token labelled {label} after C_InitToken; slots: {after:?}"
-            );
-
+            let token = find_new_token(pkcs11, &before, label);
             let session = open_rw_session(pkcs11, token.slot_id);
             session
                 .login(UserType::So, Some(&AuthPin::from(so_pin)))
@@ -185,8 +172,7 @@ impl SoftHsm {
             session
                 .init_pin(&AuthPin::from(user_pin))
                 .unwrap_or_else(|e| panic!("C_InitPIN on token {label} failed: {e}"));
-            drop(session);
-            token.serial.clone()
+            token.serial
         })
     }
 
@@ -247,6 +233,29 @@ fn summarize(pkcs11: &Pkcs11, slot: Slot) -> TokenSummary {
         serial: info.serial_number().to_owned(),
         initialized: info.token_initialized(),
         user_pin_initialized: info.user_pin_initialized(),
+    }
+}
+
+/// Returns the one initialized token labelled `label` whose serial number
+/// is not among the tokens in `before`.
+fn find_new_token(pkcs11: &Pkcs11, before: &[TokenSummary], label: &str) -> TokenSummary {
+    let after = slot_summaries(pkcs11);
+    let is_old = |token: &TokenSummary| {
+        before
+            .iter()
+            .any(|old| old.initialized && old.serial == token.serial)
+    };
+    let new_tokens: Vec<&TokenSummary> = after
+        .iter()
+        .filter(|token| token.initialized && token.label == label && !is_old(token))
+        .collect();
+    match new_tokens.as_slice() {
+        [token] => (*token).clone(),
+        _ => panic!(
+            "expected one new token labelled {label} after C_InitToken, \
+             found {} in slots {after:?}",
+            new_tokens.len()
+        ),
     }
 }
 
