@@ -12,8 +12,9 @@ use common::client::{
     user_session,
 };
 use common::keys;
-use common::p11kit::{live_group_members, P11_KIT_SERVER_ADDRESS};
+use common::p11kit::P11_KIT_SERVER_ADDRESS;
 use common::paths;
+use common::procfs::live_group_members;
 use common::softhsm::SOFTHSM2_CONF;
 use common::{
     one_softhsm_with_tokens, three_hsm_processes, ConfigFile, ModuleEntry, P11KitHsm, ScopedEnv,

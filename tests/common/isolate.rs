@@ -18,6 +18,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::procfs;
+
 /// Environment variable that marks a child process. Its value is the name of
 /// the one test that the child runs.
 pub const CHILD_ENV: &str = "P11WLD_TEST_CHILD";
@@ -35,6 +37,9 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long the parent waits for the child's output pipes to close after the
 /// child has exited. A grandchild that inherited the pipes can keep them open.
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the parent waits for a process group that it killed to exit.
+const GROUP_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Defines integration tests that each run in a child process of their own.
 ///
@@ -348,6 +353,10 @@ pub fn register_process_group(pgid: u32, marker: &Path) {
 
 /// Kills every process group listed in `file` whose leader is still running
 /// with the registered marker in its command line.
+///
+/// NOTE: the killed leader's parent, the child process, is gone, so the
+/// leader is reparented to init. Where init does not reap orphans (as in
+/// some containers), the leader stays a zombie.
 fn kill_registered_groups(file: &Path) {
     let Ok(text) = std::fs::read_to_string(file) else {
         return;
@@ -374,6 +383,15 @@ fn kill_registered_groups(file: &Path) {
         // names the process group whose leader was checked above.
         unsafe {
             libc::kill(-pgid, libc::SIGKILL);
+        }
+        // A killed process stays visible (in state D) while the kernel
+        // finishes its exit.
+        let exited = procfs::wait_for_group(pgid, GROUP_EXIT_TIMEOUT, |members| members.is_empty());
+        if !exited {
+            eprintln!(
+                "isolate: processes of group {pgid} still run {} s after SIGKILL",
+                GROUP_EXIT_TIMEOUT.as_secs()
+            );
         }
     }
 }

@@ -32,6 +32,7 @@ pub mod isolate;
 pub mod keys;
 pub mod p11kit;
 pub mod paths;
+pub mod procfs;
 pub mod setups;
 pub mod softhsm;
 

@@ -46,6 +46,7 @@ use tempfile::TempDir;
 use super::config::ModuleEntry;
 use super::isolate;
 use super::paths;
+use super::procfs::{live_group_members, wait_for_group, ProcessState};
 use super::softhsm::{SoftHsm, SOFTHSM2_CONF};
 
 /// Environment variable from which `p11-kit-client.so` reads the server
@@ -79,14 +80,6 @@ pub struct P11KitHsm {
     socket: PathBuf,
     log: PathBuf,
     server: Option<Child>,
-}
-
-/// A process as `/proc/<pid>/stat` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcessState {
-    pub pid: i32,
-    /// Single-letter state: `R` running, `S` sleeping, `T` stopped, `Z` zombie, ...
-    pub state: char,
 }
 
 impl P11KitHsm {
@@ -199,7 +192,7 @@ impl P11KitHsm {
                 self.name
             );
         }
-        let exited = wait_for_group(pgid, |members| members.is_empty());
+        let exited = wait_for_group(pgid, SIGNAL_TIMEOUT, |members| members.is_empty());
         assert!(
             exited,
             "processes of HSM {} (group {pgid}) still run after SIGKILL",
@@ -212,7 +205,9 @@ impl P11KitHsm {
     pub fn stop(&self) {
         let pgid = self.running_pgid("stop");
         signal_group(pgid, libc::SIGSTOP);
-        let stopped = wait_for_group(pgid, |members| members.iter().all(|p| p.state == 'T'));
+        let stopped = wait_for_group(pgid, SIGNAL_TIMEOUT, |members| {
+            members.iter().all(|p| p.state == 'T')
+        });
         assert!(
             stopped,
             "processes of HSM {} (group {pgid}) did not stop after SIGSTOP",
@@ -225,7 +220,9 @@ impl P11KitHsm {
     pub fn cont(&self) {
         let pgid = self.running_pgid("continue");
         signal_group(pgid, libc::SIGCONT);
-        let running = wait_for_group(pgid, |members| members.iter().all(|p| p.state != 'T'));
+        let running = wait_for_group(pgid, SIGNAL_TIMEOUT, |members| {
+            members.iter().all(|p| p.state != 'T')
+        });
         assert!(
             running,
             "processes of HSM {} (group {pgid}) are still stopped after SIGCONT",
@@ -329,9 +326,9 @@ impl P11KitHsm {
                 // probe's p11-kit-remote process to start and then to exit,
                 // so that connection_count() counts only real clients.
                 let pgid = server.id() as i32;
-                let accepted = wait_for_group(pgid, |members| members.len() >= 2);
+                let accepted = wait_for_group(pgid, SIGNAL_TIMEOUT, |members| members.len() >= 2);
                 drop(probe);
-                let idle = wait_for_group(pgid, |members| members.len() <= 1);
+                let idle = wait_for_group(pgid, SIGNAL_TIMEOUT, |members| members.len() <= 1);
                 assert!(
                     accepted && idle,
                     "the probe connection to HSM {} was not served and closed within {} s",
@@ -396,62 +393,4 @@ fn signal_group(pgid: i32, signal: libc::c_int) {
     if let Err(error) = try_signal_group(pgid, signal) {
         panic!("kill(-{pgid}, {signal}) failed: {error}");
     }
-}
-
-/// Polls the live members of group `pgid` until `done` returns true, at most
-/// for [`SIGNAL_TIMEOUT`]. Returns whether `done` returned true.
-fn wait_for_group(pgid: i32, done: impl Fn(&[ProcessState]) -> bool) -> bool {
-    let deadline = Instant::now() + SIGNAL_TIMEOUT;
-    loop {
-        if done(&live_group_members(pgid)) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(POLL_INTERVAL);
-    }
-}
-
-/// Lists the processes in group `pgid` that are not zombies, from `/proc`.
-///
-/// Zombies are left out: a killed `p11-kit-remote` whose parent server died
-/// too is reparented and stays a zombie until its new parent reaps it.
-pub fn live_group_members(pgid: i32) -> Vec<ProcessState> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut members = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // The process can exit between read_dir and this read.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if let Some((state, group)) = parse_stat(&stat) {
-            if group == pgid && state != 'Z' && state != 'X' {
-                members.push(ProcessState { pid, state });
-            }
-        }
-    }
-    members.sort_by_key(|p| p.pid);
-    members
-}
-
-/// Parses the state and the process group id from `/proc/<pid>/stat`:
-/// `pid (comm) state ppid pgrp ...`. The command name can contain spaces
-/// and parentheses, so the fields are counted from the last `)`.
-fn parse_stat(stat: &str) -> Option<(char, i32)> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_comm.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
 }
