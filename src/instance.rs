@@ -9,10 +9,12 @@
 use crate::config::Config;
 use crate::error::{ckr_name, Result, Rv};
 use crate::events::SlotEvents;
+use crate::health::Health;
 use crate::logging;
 use crate::vendor::{self, VendorModule};
+use crate::wld::failover::{self, Retry};
 use crate::wld::object::ObjectTable;
-use crate::wld::session::SessionTable;
+use crate::wld::session::{Session, SessionTable};
 use crate::wld::Topology;
 use cryptoki_sys::*;
 use parking_lot::Mutex;
@@ -30,13 +32,21 @@ pub struct Instance {
     pub sessions: SessionTable,
     pub objects: ObjectTable,
     pub events: SlotEvents,
+    pub health: Health,
+    /// Whether the application lets the module create threads; without,
+    /// health checks run inline in some calls.
+    pub threads: bool,
     /// Whether the warning about token-changing calls was logged.
     warned_token_change: AtomicBool,
 }
 
 impl Instance {
     /// Loads and initializes the configured modules and scans their tokens.
-    fn start(config: Config, after_fork: bool) -> std::result::Result<Instance, String> {
+    fn start(
+        config: Config,
+        after_fork: bool,
+        threads: bool,
+    ) -> std::result::Result<Instance, String> {
         let modules = vendor::load_modules(&config)?;
         for module in &modules {
             if let Err(rv) = module.initialize(after_fork) {
@@ -54,6 +64,8 @@ impl Instance {
             sessions: SessionTable::new(),
             objects: ObjectTable::new(),
             events: SlotEvents::default(),
+            health: Health::default(),
+            threads,
             warned_token_change: AtomicBool::new(false),
         };
         instance
@@ -67,6 +79,24 @@ impl Instance {
         for module in &self.modules {
             module.finalize();
         }
+    }
+
+    /// Runs the health checks inline when no health thread runs them.
+    pub fn poll_health(&self) {
+        if !self.threads {
+            self.health.poll_inline(self);
+        }
+    }
+
+    /// Runs `f` on the session `handle`; see [`failover::call`].
+    #[inline]
+    pub fn session<R>(
+        &self,
+        handle: CK_SESSION_HANDLE,
+        retry: Retry,
+        f: impl FnMut(&mut Session) -> Result<R>,
+    ) -> Result<R> {
+        failover::call(self, handle, retry, f)
     }
 
     /// Logs once per process that a token-changing call reached one member
@@ -111,6 +141,24 @@ fn shard() -> &'static AtomicUsize {
         index
     });
     &IN_FLIGHT[index].0
+}
+
+/// A call counted as in flight until the guard drops, also when it moves
+/// to another thread (a probe started by the health thread).
+pub struct InFlight(&'static AtomicUsize);
+
+impl InFlight {
+    pub fn enter() -> InFlight {
+        let shard = shard();
+        shard.fetch_add(1, Ordering::SeqCst);
+        InFlight(shard)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 fn in_flight() -> usize {
@@ -161,13 +209,14 @@ pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
     }
 }
 
-/// Checks CK_C_INITIALIZE_ARGS as PKCS#11 prescribes.
+/// Checks CK_C_INITIALIZE_ARGS as PKCS#11 prescribes, and returns whether
+/// the module may create threads.
 ///
 /// # Safety
 /// `args` is NULL or points to a CK_C_INITIALIZE_ARGS.
-unsafe fn check_init_args(args: *const CK_C_INITIALIZE_ARGS) -> Result<()> {
+unsafe fn check_init_args(args: *const CK_C_INITIALIZE_ARGS) -> Result<bool> {
     if args.is_null() {
-        return Ok(());
+        return Ok(true);
     }
     // SAFETY: the caller passes a valid pointer when it is not NULL.
     let args = unsafe { &*args };
@@ -189,7 +238,7 @@ unsafe fn check_init_args(args: *const CK_C_INITIALIZE_ARGS) -> Result<()> {
         // with the operating system's only.
         return Err(Rv(CKR_CANT_LOCK));
     }
-    Ok(())
+    Ok(args.flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS == 0)
 }
 
 /// `C_Initialize`.
@@ -199,7 +248,7 @@ unsafe fn check_init_args(args: *const CK_C_INITIALIZE_ARGS) -> Result<()> {
 pub unsafe fn initialize(args: *const CK_C_INITIALIZE_ARGS) -> CK_RV {
     guard("C_Initialize", || {
         // SAFETY: forwarded from the caller's contract.
-        unsafe { check_init_args(args) }?;
+        let threads = unsafe { check_init_args(args) }?;
         let _lifecycle = LIFECYCLE.lock();
         if !CURRENT.load(Ordering::SeqCst).is_null() {
             return Err(Rv(CKR_CRYPTOKI_ALREADY_INITIALIZED));
@@ -211,12 +260,18 @@ pub unsafe fn initialize(args: *const CK_C_INITIALIZE_ARGS) -> CK_RV {
         })?;
         logging::apply(&config.log);
         let after_fork = FORKED.load(Ordering::SeqCst);
-        let instance = Instance::start(config, after_fork).map_err(|e| {
+        let instance = Instance::start(config, after_fork, threads).map_err(|e| {
             log::error!("C_Initialize failed: {e}");
             Rv(CKR_GENERAL_ERROR)
         })?;
         ATFORK.call_once(register_atfork);
-        CURRENT.store(Box::into_raw(Box::new(instance)), Ordering::SeqCst);
+        let instance = Box::into_raw(Box::new(instance));
+        if threads {
+            // SAFETY: C_Finalize stops the health thread and waits for its
+            // probes before it frees the instance.
+            unsafe { (*instance).health.start(instance) };
+        }
+        CURRENT.store(instance, Ordering::SeqCst);
         Ok(())
     })
 }
@@ -236,6 +291,7 @@ pub fn finalize(reserved: CK_VOID_PTR) -> CK_RV {
         // SAFETY: only this function frees the instance, under LIFECYCLE.
         let instance = unsafe { &*current };
         instance.events.shut_down();
+        instance.health.stop();
 
         let deadline = Duration::from_millis(instance.config.health.call_deadline_ms);
         let started = Instant::now();

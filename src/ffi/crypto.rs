@@ -5,6 +5,7 @@ use super::{bytes, check_in, check_out};
 use crate::instance::enter;
 use crate::mechanism::Checked;
 use crate::vendor::VendorModule;
+use crate::wld::failover::Retry;
 use crate::wld::ops::{self, OpKind};
 use cryptoki_sys::*;
 
@@ -52,7 +53,7 @@ unsafe fn init(
     enter(name, |instance| {
         // SAFETY: forwarded from the caller's contract.
         let mechanism = unsafe { Checked::new(pMechanism) }?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             let call = |module: &VendorModule, real, m, key| {
                 call_or_unsupported!(select(module.functions()), real, m, key)
             };
@@ -81,7 +82,7 @@ unsafe fn single(
     enter(name, |instance| {
         check_in(pIn, ulInLen)?;
         check_out(pulOutLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             ops::single(session, kind, name, pOut.is_null(), |module, real| {
                 call_or_unsupported!(
                     select(module.functions()),
@@ -117,7 +118,7 @@ unsafe fn update_in_out(
         // SAFETY: forwarded from the caller's contract.
         let data = unsafe { bytes(pIn, ulInLen) }?;
         check_out(pulOutLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             ops::update(
                 instance,
                 session,
@@ -155,7 +156,7 @@ unsafe fn update_in(
     enter(name, |instance| {
         // SAFETY: forwarded from the caller's contract.
         let data = unsafe { bytes(pIn, ulInLen) }?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             ops::update(
                 instance,
                 session,
@@ -183,7 +184,7 @@ unsafe fn final_out(
 ) -> CK_RV {
     enter(name, |instance| {
         check_out(pulOutLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             ops::single(session, kind, name, pOut.is_null(), |module, real| {
                 call_or_unsupported!(select(module.functions()), real, pOut, pulOutLen)
             })
@@ -211,7 +212,7 @@ unsafe fn dual(
     enter(name, |instance| {
         check_in(pIn, ulInLen)?;
         check_out(pulOutLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             ops::dual_update(session, kinds, name, |module, real| {
                 call_or_unsupported!(
                     select(module.functions()),
@@ -411,7 +412,7 @@ pub(super) unsafe extern "C" fn C_DigestInit(
     enter("C_DigestInit", |instance| {
         // SAFETY: forwarded from the caller's contract.
         let mechanism = unsafe { Checked::new(pMechanism) }?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             let call = |module: &VendorModule, real, m, _key| {
                 call_or_unsupported!(module.functions().C_DigestInit, real, m)
             };
@@ -423,7 +424,7 @@ pub(super) unsafe extern "C" fn C_DigestInit(
 /// Digests a key's value on the member; such a digest cannot be replayed.
 pub(super) extern "C" fn C_DigestKey(hSession: CK_SESSION_HANDLE, hKey: CK_OBJECT_HANDLE) -> CK_RV {
     enter("C_DigestKey", |instance| {
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             let key = session.object(&instance.objects, hKey, CKR_KEY_HANDLE_INVALID)?;
             ops::dual_update(
                 session,
@@ -447,7 +448,7 @@ pub(super) unsafe extern "C" fn C_Verify(
     enter("C_Verify", |instance| {
         check_in(pData, ulDataLen)?;
         check_in(pSignature, ulSignatureLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             ops::single(
                 session,
                 OpKind::Verify,
@@ -477,7 +478,7 @@ pub(super) unsafe extern "C" fn C_VerifyFinal(
 ) -> CK_RV {
     enter("C_VerifyFinal", |instance| {
         check_in(pSignature, ulSignatureLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             ops::single(
                 session,
                 OpKind::Verify,

@@ -6,6 +6,7 @@ use crate::instance::enter;
 use crate::mechanism::Checked;
 use crate::template::{self, Use};
 use crate::vcall;
+use crate::wld::failover::Retry;
 use crate::wld::object::destroy_real;
 use crate::wld::ops;
 use cryptoki_sys::*;
@@ -27,18 +28,22 @@ pub(super) unsafe extern "C" fn C_GenerateKey(
         let attributes = unsafe { template::borrow(pTemplate, ulCount) }?;
         // SAFETY: as above.
         unsafe { template::check(attributes, Use::Write) }?;
-        instance.sessions.with(hSession, |session| {
-            let mut real = CK_INVALID_HANDLE;
-            let rv = ops::with_mechanism(instance, session, mechanism, |m| {
-                vcall!(
-                    session.module(),
-                    C_GenerateKey(session.real, m, pTemplate, ulCount, &mut real)
-                )
-            })?;
-            session.check("C_GenerateKey", rv)?;
-            // SAFETY: checked non-NULL above.
-            unsafe { publish(instance, session, "C_GenerateKey", real, phKey) }
-        })
+        instance.session(
+            hSession,
+            Retry::for_new_object(template::bool_value(attributes, CKA_TOKEN)),
+            |session| {
+                let mut real = CK_INVALID_HANDLE;
+                let rv = ops::with_mechanism(instance, session, mechanism, |m| {
+                    vcall!(
+                        session.module(),
+                        C_GenerateKey(session.real, m, pTemplate, ulCount, &mut real)
+                    )
+                })?;
+                session.check("C_GenerateKey", rv)?;
+                // SAFETY: checked non-NULL above.
+                unsafe { publish(instance, session, "C_GenerateKey", real, phKey) }
+            },
+        )
     })
 }
 
@@ -59,6 +64,7 @@ pub(super) unsafe extern "C" fn C_GenerateKeyPair(
         let mechanism = unsafe { Checked::new(pMechanism) }?;
         check_out(phPublicKey)?;
         check_out(phPrivateKey)?;
+        let mut pair_retry = Retry::Safe;
         for (pointer, count) in [
             (pPublicKeyTemplate, ulPublicKeyAttributeCount),
             (pPrivateKeyTemplate, ulPrivateKeyAttributeCount),
@@ -67,8 +73,11 @@ pub(super) unsafe extern "C" fn C_GenerateKeyPair(
             let attributes = unsafe { template::borrow(pointer, count) }?;
             // SAFETY: as above.
             unsafe { template::check(attributes, Use::Write) }?;
+            if Retry::for_new_object(template::bool_value(attributes, CKA_TOKEN)) == Retry::Never {
+                pair_retry = Retry::Never;
+            }
         }
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, pair_retry, |session| {
             let mut public = CK_INVALID_HANDLE;
             let mut private = CK_INVALID_HANDLE;
             let rv = ops::with_mechanism(instance, session, mechanism, |m| {
@@ -133,7 +142,7 @@ pub(super) unsafe extern "C" fn C_WrapKey(
         // SAFETY: forwarded from the caller's contract.
         let mechanism = unsafe { Checked::new(pMechanism) }?;
         check_out(pulWrappedKeyLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             let objects = &instance.objects;
             let wrapping =
                 session.object(objects, hWrappingKey, CKR_WRAPPING_KEY_HANDLE_INVALID)?;
@@ -177,32 +186,36 @@ pub(super) unsafe extern "C" fn C_UnwrapKey(
         let attributes = unsafe { template::borrow(pTemplate, ulAttributeCount) }?;
         // SAFETY: as above.
         unsafe { template::check(attributes, Use::Write) }?;
-        instance.sessions.with(hSession, |session| {
-            let unwrapping = session.object(
-                &instance.objects,
-                hUnwrappingKey,
-                CKR_UNWRAPPING_KEY_HANDLE_INVALID,
-            )?;
-            let mut real = CK_INVALID_HANDLE;
-            let rv = ops::with_mechanism(instance, session, mechanism, |m| {
-                vcall!(
-                    session.module(),
-                    C_UnwrapKey(
-                        session.real,
-                        m,
-                        unwrapping,
-                        pWrappedKey,
-                        ulWrappedKeyLen,
-                        pTemplate,
-                        ulAttributeCount,
-                        &mut real
+        instance.session(
+            hSession,
+            Retry::for_new_object(template::bool_value(attributes, CKA_TOKEN)),
+            |session| {
+                let unwrapping = session.object(
+                    &instance.objects,
+                    hUnwrappingKey,
+                    CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+                )?;
+                let mut real = CK_INVALID_HANDLE;
+                let rv = ops::with_mechanism(instance, session, mechanism, |m| {
+                    vcall!(
+                        session.module(),
+                        C_UnwrapKey(
+                            session.real,
+                            m,
+                            unwrapping,
+                            pWrappedKey,
+                            ulWrappedKeyLen,
+                            pTemplate,
+                            ulAttributeCount,
+                            &mut real
+                        )
                     )
-                )
-            })?;
-            session.check("C_UnwrapKey", rv)?;
-            // SAFETY: checked non-NULL above.
-            unsafe { publish(instance, session, "C_UnwrapKey", real, phKey) }
-        })
+                })?;
+                session.check("C_UnwrapKey", rv)?;
+                // SAFETY: checked non-NULL above.
+                unsafe { publish(instance, session, "C_UnwrapKey", real, phKey) }
+            },
+        )
     })
 }
 
@@ -224,26 +237,30 @@ pub(super) unsafe extern "C" fn C_DeriveKey(
         let attributes = unsafe { template::borrow(pTemplate, ulAttributeCount) }?;
         // SAFETY: as above.
         unsafe { template::check(attributes, Use::Write) }?;
-        instance.sessions.with(hSession, |session| {
-            let base = session.object(&instance.objects, hBaseKey, CKR_KEY_HANDLE_INVALID)?;
-            let mut real = CK_INVALID_HANDLE;
-            let rv = ops::with_mechanism(instance, session, mechanism, |m| {
-                vcall!(
-                    session.module(),
-                    C_DeriveKey(
-                        session.real,
-                        m,
-                        base,
-                        pTemplate,
-                        ulAttributeCount,
-                        &mut real
+        instance.session(
+            hSession,
+            Retry::for_new_object(template::bool_value(attributes, CKA_TOKEN)),
+            |session| {
+                let base = session.object(&instance.objects, hBaseKey, CKR_KEY_HANDLE_INVALID)?;
+                let mut real = CK_INVALID_HANDLE;
+                let rv = ops::with_mechanism(instance, session, mechanism, |m| {
+                    vcall!(
+                        session.module(),
+                        C_DeriveKey(
+                            session.real,
+                            m,
+                            base,
+                            pTemplate,
+                            ulAttributeCount,
+                            &mut real
+                        )
                     )
-                )
-            })?;
-            session.check("C_DeriveKey", rv)?;
-            // SAFETY: checked non-NULL above.
-            unsafe { publish(instance, session, "C_DeriveKey", real, phKey) }
-        })
+                })?;
+                session.check("C_DeriveKey", rv)?;
+                // SAFETY: checked non-NULL above.
+                unsafe { publish(instance, session, "C_DeriveKey", real, phKey) }
+            },
+        )
     })
 }
 
@@ -256,7 +273,7 @@ pub(super) unsafe extern "C" fn C_SeedRandom(
 ) -> CK_RV {
     enter("C_SeedRandom", |instance| {
         check_in(pSeed, ulSeedLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             let rv = vcall!(
                 session.module(),
                 C_SeedRandom(session.real, pSeed, ulSeedLen)
@@ -275,7 +292,7 @@ pub(super) unsafe extern "C" fn C_GenerateRandom(
 ) -> CK_RV {
     enter("C_GenerateRandom", |instance| {
         check_in(RandomData, ulRandomLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             let rv = vcall!(
                 session.module(),
                 C_GenerateRandom(session.real, RandomData, ulRandomLen)

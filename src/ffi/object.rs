@@ -5,7 +5,9 @@ use crate::error::{Result, Rv};
 use crate::instance::{enter, Instance};
 use crate::template::{self, Use};
 use crate::vcall;
+use crate::wld::failover::Retry;
 use crate::wld::object::destroy_real;
+use crate::wld::object::Place;
 use crate::wld::session::Session;
 use cryptoki_sys::*;
 
@@ -21,6 +23,15 @@ const IDENTITY_CHANGES: &[CK_ATTRIBUTE_TYPE] = &[
     CKA_VALUE,
     CKA_PRIVATE,
 ];
+
+/// Returns the retry policy of C_CopyObject: a copy is a session object,
+/// safe to make again, only when the template says so.
+fn copy_retry(attributes: &[CK_ATTRIBUTE]) -> Retry {
+    match template::bool_value(attributes, CKA_TOKEN) {
+        Some(false) => Retry::Safe,
+        _ => Retry::Never,
+    }
+}
 
 /// Gives a real object made on the session's member a virtual handle and
 /// writes it to `out`. A session object is remembered by the session, a
@@ -75,16 +86,20 @@ pub(super) unsafe extern "C" fn C_CreateObject(
         let attributes = unsafe { template::borrow(pTemplate, ulCount) }?;
         // SAFETY: as above.
         unsafe { template::check(attributes, Use::Write) }?;
-        instance.sessions.with(hSession, |session| {
-            let mut real = CK_INVALID_HANDLE;
-            let rv = vcall!(
-                session.module(),
-                C_CreateObject(session.real, pTemplate, ulCount, &mut real)
-            );
-            session.check("C_CreateObject", rv)?;
-            // SAFETY: checked non-NULL above.
-            unsafe { publish(instance, session, "C_CreateObject", real, phObject) }
-        })
+        instance.session(
+            hSession,
+            Retry::for_new_object(template::bool_value(attributes, CKA_TOKEN)),
+            |session| {
+                let mut real = CK_INVALID_HANDLE;
+                let rv = vcall!(
+                    session.module(),
+                    C_CreateObject(session.real, pTemplate, ulCount, &mut real)
+                );
+                session.check("C_CreateObject", rv)?;
+                // SAFETY: checked non-NULL above.
+                unsafe { publish(instance, session, "C_CreateObject", real, phObject) }
+            },
+        )
     })
 }
 
@@ -103,7 +118,7 @@ pub(super) unsafe extern "C" fn C_CopyObject(
         let attributes = unsafe { template::borrow(pTemplate, ulCount) }?;
         // SAFETY: as above.
         unsafe { template::check(attributes, Use::Write) }?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, copy_retry(attributes), |session| {
             let source = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
             let mut real = CK_INVALID_HANDLE;
             let rv = vcall!(
@@ -122,7 +137,7 @@ pub(super) extern "C" fn C_DestroyObject(
     hObject: CK_OBJECT_HANDLE,
 ) -> CK_RV {
     enter("C_DestroyObject", |instance| {
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Never, |session| {
             let real = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
             let token_object = instance
                 .objects
@@ -149,7 +164,7 @@ pub(super) unsafe extern "C" fn C_GetObjectSize(
 ) -> CK_RV {
     enter("C_GetObjectSize", |instance| {
         check_out(pulSize)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             let real = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
             let rv = vcall!(
                 session.module(),
@@ -175,7 +190,7 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
     enter("C_GetAttributeValue", |instance| {
         // SAFETY: forwarded from the caller's contract.
         unsafe { template::borrow(pTemplate, ulCount) }?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             let real = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
             let rv = vcall!(
                 session.module(),
@@ -200,7 +215,7 @@ pub(super) unsafe extern "C" fn C_SetAttributeValue(
         // SAFETY: as above.
         unsafe { template::check(attributes, Use::Write) }?;
         let identity_changes = template::touches(attributes, IDENTITY_CHANGES);
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Never, |session| {
             let real = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
             let rv = vcall!(
                 session.module(),
@@ -236,8 +251,8 @@ pub(super) unsafe extern "C" fn C_FindObjectsInit(
         let attributes = unsafe { template::borrow(pTemplate, ulCount) }?;
         // SAFETY: as above.
         unsafe { template::check(attributes, Use::Search) }?;
-        instance.sessions.with(hSession, |session| {
-            if session.finding {
+        instance.session(hSession, Retry::Safe, |session| {
+            if session.find.active {
                 return Err(Rv(CKR_OPERATION_ACTIVE));
             }
             let rv = vcall!(
@@ -245,7 +260,8 @@ pub(super) unsafe extern "C" fn C_FindObjectsInit(
                 C_FindObjectsInit(session.real, pTemplate, ulCount)
             );
             session.check("C_FindObjectsInit", rv)?;
-            session.finding = true;
+            // SAFETY: the template was checked above.
+            unsafe { session.find.start(attributes) };
             Ok(())
         })
     })
@@ -269,21 +285,36 @@ pub(super) unsafe extern "C" fn C_FindObjects(
         if ulMaxObjectCount > isize::MAX as CK_ULONG / 8 {
             return Err(Rv(CKR_ARGUMENTS_BAD));
         }
-        instance.sessions.with(hSession, |session| {
-            if !session.finding {
+        instance.session(hSession, Retry::Safe, |session| {
+            if !session.find.active {
                 return Err(Rv(CKR_OPERATION_NOT_INITIALIZED));
             }
-            let mut found: CK_ULONG = 0;
-            let rv = vcall!(
-                session.module(),
-                C_FindObjects(session.real, phObject, ulMaxObjectCount, &mut found)
-            );
-            session.check("C_FindObjects", rv)?;
-            let found = found.min(ulMaxObjectCount) as usize;
-            // SAFETY: the vendor wrote `found` handles into the caller's
-            // buffer, which has room for `ulMaxObjectCount`.
-            let handles = unsafe { std::slice::from_raw_parts_mut(phObject, found) };
-            let kept = translate_found(instance, session, handles)?;
+            if session.find.lost {
+                // Reported once; the search then returns nothing more.
+                session.find.lost = false;
+                session.find.exhausted = true;
+                return Err(Rv(CKR_DEVICE_ERROR));
+            }
+            let mut kept = 0;
+            while !session.find.exhausted {
+                let mut found: CK_ULONG = 0;
+                let rv = vcall!(
+                    session.module(),
+                    C_FindObjects(session.real, phObject, ulMaxObjectCount, &mut found)
+                );
+                session.check("C_FindObjects", rv)?;
+                let found = found.min(ulMaxObjectCount) as usize;
+                // SAFETY: the vendor wrote `found` handles into the caller's
+                // buffer, which has room for `ulMaxObjectCount`.
+                let handles = unsafe { std::slice::from_raw_parts_mut(phObject, found) };
+                kept = translate_found(instance, session, handles)?;
+                // A search started again may return only objects that were
+                // returned before; then it goes on, so an empty result
+                // still means the end.
+                if kept > 0 || found == 0 {
+                    break;
+                }
+            }
             // SAFETY: checked non-NULL above.
             unsafe { pulObjectCount.write(kept as CK_ULONG) };
             Ok(())
@@ -295,14 +326,21 @@ pub(super) unsafe extern "C" fn C_FindObjects(
 /// place, and returns how many are kept.
 fn translate_found(
     instance: &Instance,
-    session: &Session,
+    session: &mut Session,
     handles: &mut [CK_OBJECT_HANDLE],
 ) -> Result<usize> {
-    let place = session.place();
+    let place = Place {
+        slot: session.slot.id,
+        member: &session.member,
+    };
     let mut kept = 0;
     for i in 0..handles.len() {
         match instance.objects.register(&place, session.real, handles[i]) {
             Ok(handle) => {
+                let new = session.find.returned.insert(handle);
+                if !new && session.find.restarted {
+                    continue;
+                }
                 handles[kept] = handle;
                 kept += 1;
             }
@@ -318,12 +356,18 @@ fn translate_found(
 
 pub(super) extern "C" fn C_FindObjectsFinal(hSession: CK_SESSION_HANDLE) -> CK_RV {
     enter("C_FindObjectsFinal", |instance| {
-        instance.sessions.with(hSession, |session| {
-            if !session.finding {
+        instance.session(hSession, Retry::Safe, |session| {
+            if !session.find.active {
                 return Err(Rv(CKR_OPERATION_NOT_INITIALIZED));
             }
+            if session.find.exhausted || session.find.lost {
+                // The search was lost with its member; the new member has
+                // none to end.
+                session.find.finish();
+                return Ok(());
+            }
             let rv = vcall!(session.module(), C_FindObjectsFinal(session.real));
-            session.finding = false;
+            session.find.finish();
             session.check("C_FindObjectsFinal", rv)
         })
     })

@@ -4,6 +4,7 @@ use super::{bytes, check_in, check_out};
 use crate::error::Rv;
 use crate::instance::enter;
 use crate::vcall;
+use crate::wld::failover::Retry;
 use crate::wld::login;
 use cryptoki_sys::*;
 
@@ -25,6 +26,7 @@ pub(super) unsafe extern "C" fn C_OpenSession(
 ) -> CK_RV {
     enter("C_OpenSession", |instance| {
         check_out(phSession)?;
+        instance.poll_health();
         let slot = instance.topology.slot(slotID)?;
         let handle = instance
             .sessions
@@ -84,7 +86,7 @@ pub(super) unsafe extern "C" fn C_GetOperationState(
 ) -> CK_RV {
     enter("C_GetOperationState", |instance| {
         check_out(pulOperationStateLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Never, |session| {
             let module = session.module();
             // SAFETY: checked non-NULL; the caller passes a length.
             let len = unsafe { &mut *pulOperationStateLen };
@@ -136,7 +138,7 @@ pub(super) unsafe extern "C" fn C_SetOperationState(
         check_out(pOperationState)?;
         // SAFETY: checked non-NULL; the caller passes its length.
         let state = unsafe { bytes(pOperationState, ulOperationStateLen) }?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Never, |session| {
             let tag = session.member.tag.to_ne_bytes();
             if state.len() < STATE_HEADER || state[..STATE_HEADER] != tag {
                 return Err(Rv(CKR_SAVED_STATE_INVALID));
@@ -190,7 +192,7 @@ pub(super) unsafe extern "C" fn C_Login(
             // SAFETY: checked by check_in; the caller passes its length.
             Some(unsafe { bytes(pPin, ulPinLen) }?)
         };
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Safe, |session| {
             let result = login::login(&session.slot, &session.member, session.real, userType, pin);
             if let Err(Rv(rv)) = result {
                 session.check("C_Login", rv)?;
@@ -202,8 +204,8 @@ pub(super) unsafe extern "C" fn C_Login(
 
 pub(super) extern "C" fn C_Logout(hSession: CK_SESSION_HANDLE) -> CK_RV {
     enter("C_Logout", |instance| {
-        instance
-            .sessions
-            .with(hSession, |session| login::logout(&session.slot))
+        instance.session(hSession, Retry::Safe, |session| {
+            login::logout(&session.slot)
+        })
     })
 }

@@ -5,6 +5,7 @@ use super::{check_in, check_out, fill_list};
 use crate::error::Rv;
 use crate::events::Wait;
 use crate::instance::enter;
+use crate::wld::failover::Retry;
 use crate::wld::info;
 use cryptoki_sys::*;
 
@@ -163,7 +164,7 @@ pub(super) unsafe extern "C" fn C_InitPIN(
 ) -> CK_RV {
     enter("C_InitPIN", |instance| {
         check_in(pPin, ulPinLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Never, |session| {
             let rv = crate::vcall!(session.module(), C_InitPIN(session.real, pPin, ulPinLen));
             session.check("C_InitPIN", rv)?;
             instance.note_token_change("C_InitPIN");
@@ -186,7 +187,7 @@ pub(super) unsafe extern "C" fn C_SetPIN(
     enter("C_SetPIN", |instance| {
         check_in(pOldPin, ulOldLen)?;
         check_in(pNewPin, ulNewLen)?;
-        instance.sessions.with(hSession, |session| {
+        instance.session(hSession, Retry::Never, |session| {
             let rv = crate::vcall!(
                 session.module(),
                 C_SetPIN(session.real, pOldPin, ulOldLen, pNewPin, ulNewLen)

@@ -5,8 +5,8 @@ use crate::vcall;
 use crate::vendor::VendorModule;
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -25,6 +25,8 @@ pub struct Member {
     pub serial: String,
     /// The id of the WLD slot this member belongs to.
     pub wld_slot: CK_SLOT_ID,
+    /// Index in the topology's list of every member.
+    pub index: usize,
     /// Position in the WLD slot's member list, below
     /// [`MAX_MEMBERS_PER_SLOT`]; the object table's column for this member.
     pub pos: usize,
@@ -45,19 +47,44 @@ pub struct Member {
     /// busy. Its lock is taken only on those slow paths.
     service: Mutex<Option<CK_SESSION_HANDLE>>,
     /// Real object handle to virtual object handle, for find results.
-    pub handles: RwLock<HashMap<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>>,
+    pub handles: RwLock<FxHashMap<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>>,
+    /// Incremented each time the member's module instance is initialized
+    /// again: real session and object handles of an older generation mean
+    /// nothing any more.
+    generation: AtomicU64,
+    /// Real sessions left open on the member when their virtual sessions
+    /// moved away while it was down; closed if it comes back as it was.
+    pub orphans: Mutex<Vec<CK_SESSION_HANDLE>>,
+    /// Sessions moved away from the member, and operations retried
+    /// elsewhere, since the health thread last logged them.
+    pub moved: AtomicU64,
+    pub retried: AtomicU64,
+}
+
+/// An initialized token that a scan found.
+pub struct FoundToken {
+    pub module_index: usize,
+    pub slot_id: CK_SLOT_ID,
+    pub label: String,
+    pub serial: String,
 }
 
 impl Member {
+    /// Makes `token` of `module` a member of the WLD slot `wld_slot`, at
+    /// `index` in the topology and `pos` in the slot.
     pub fn new(
         module: Arc<VendorModule>,
-        module_index: usize,
-        slot_id: CK_SLOT_ID,
-        label: String,
-        serial: String,
+        token: FoundToken,
         wld_slot: CK_SLOT_ID,
+        index: usize,
         pos: usize,
     ) -> Member {
+        let FoundToken {
+            module_index,
+            slot_id,
+            label,
+            serial,
+        } = token;
         let digest = Sha256::digest(format!("{}/{slot_id}/{serial}", module.name).as_bytes());
         let mut tag = [0u8; 8];
         tag.copy_from_slice(&digest[..8]);
@@ -69,6 +96,7 @@ impl Member {
             label,
             serial,
             wld_slot,
+            index,
             pos,
             up: AtomicBool::new(true),
             open_sessions: AtomicUsize::new(0),
@@ -77,12 +105,26 @@ impl Member {
             last_error: AtomicU64::new(0),
             login_epoch: AtomicU64::new(0),
             service: Mutex::new(None),
-            handles: RwLock::new(HashMap::new()),
+            handles: RwLock::new(FxHashMap::default()),
+            generation: AtomicU64::new(1),
+            orphans: Mutex::new(Vec::new()),
+            moved: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
         }
     }
 
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Starts a new generation after the module instance was initialized
+    /// again.
+    pub fn next_generation(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Marks the member down after `call` returned `rv`. Returns whether
@@ -99,6 +141,20 @@ impl Member {
             );
         }
         was_up
+    }
+
+    /// Marks the member down for new sessions because a call on it has run
+    /// for longer than `deadline`. The call itself returns when the vendor
+    /// returns.
+    pub fn mark_hung(&self, deadline: std::time::Duration) {
+        self.last_error.store(CKR_DEVICE_ERROR, Ordering::Relaxed);
+        if self.up.swap(false, Ordering::AcqRel) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "member {} is down: a call has been running for more than {deadline:?}",
+                self.describe()
+            );
+        }
     }
 
     /// Marks the member up again, after the health check found its token.

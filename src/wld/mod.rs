@@ -1,5 +1,7 @@
 //! Virtual WLD slots: members, sessions, object handles and login.
 
+pub mod failover;
+pub mod find;
 pub mod info;
 pub mod login;
 pub mod member;

@@ -272,6 +272,7 @@ impl ObjectTable {
             return Err(Rv(invalid));
         };
         let member = place.member;
+        let generation = member.generation();
         let module = &member.module;
         let matches = member.with_service(|service| {
             let mut template: Vec<CK_ATTRIBUTE> = identity
@@ -292,6 +293,11 @@ impl ObjectTable {
             }
             Ok(matches)
         })?;
+        if member.generation() != generation {
+            // The instance was initialized again meanwhile: the handles
+            // found belong to the old one.
+            return Err(Rv(CKR_DEVICE_ERROR));
+        }
         match matches.as_slice() {
             [] => Err(Rv(invalid)),
             [real] => {

@@ -94,6 +94,7 @@ pub fn init(
         call(session.module(), session.real, mechanism.as_ptr(), real_key)
     };
     session.check(kind.init_name(), rv)?;
+    session.lost[kind as usize] = false;
     session.ops[kind as usize] = Some(ActiveOp {
         mechanism: owned,
         key,
@@ -113,8 +114,20 @@ pub fn single(
     size_query: bool,
     call: impl FnOnce(&VendorModule, CK_SESSION_HANDLE) -> CK_RV,
 ) -> Result<()> {
+    take_lost(session, kind)?;
     let rv = call(session.module(), session.real);
     finish(session, kind, name, size_query, rv)
+}
+
+/// Ends an operation that was lost when the session moved to another
+/// member, with CKR_DEVICE_ERROR.
+fn take_lost(session: &mut Session, kind: OpKind) -> Result<()> {
+    if session.lost[kind as usize] {
+        session.lost[kind as usize] = false;
+        session.ops[kind as usize] = None;
+        return Err(Rv(CKR_DEVICE_ERROR));
+    }
+    Ok(())
 }
 
 /// Calls an update function of `kind` with `data` as the input to keep
@@ -130,6 +143,7 @@ pub fn update(
     size_query: bool,
     call: impl FnOnce(&VendorModule, CK_SESSION_HANDLE) -> CK_RV,
 ) -> Result<()> {
+    take_lost(session, kind)?;
     let rv = call(session.module(), session.real);
     if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
         session.ops[kind as usize] = None;
@@ -158,6 +172,9 @@ pub fn dual_update(
     name: &'static str,
     call: impl FnOnce(&VendorModule, CK_SESSION_HANDLE) -> CK_RV,
 ) -> Result<()> {
+    for kind in kinds {
+        take_lost(session, kind)?;
+    }
     let rv = call(session.module(), session.real);
     for kind in kinds {
         if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {

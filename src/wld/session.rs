@@ -6,6 +6,7 @@
 //! proxy is on that path. The handle carries a generation in its upper bits
 //! so a closed handle stays invalid after its slot is reused.
 
+use super::find::FindState;
 use super::login::{self, Credentials};
 use super::member::Member;
 use super::object::{ObjectTable, Place};
@@ -19,7 +20,7 @@ use crate::vendor::VendorModule;
 use cryptoki_sys::*;
 use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 const INDEX_BITS: u32 = 20;
@@ -41,10 +42,17 @@ pub struct Session {
     /// Session objects made through this session; the vendor destroys them
     /// when the session closes, and their handles are freed then.
     pub objects: Vec<CK_OBJECT_HANDLE>,
-    /// Whether a find operation is active.
-    pub finding: bool,
+    /// The generation of `member` the real session belongs to.
+    pub generation: u64,
+    /// The active search, if any.
+    pub find: FindState,
     /// The active cryptographic operations, by [`super::ops::OpKind`].
     pub ops: [Option<ActiveOp>; OP_KINDS],
+    /// Operations lost when the session moved to another member: the next
+    /// call of that kind gets CKR_DEVICE_ERROR and ends it.
+    pub lost: [bool; OP_KINDS],
+    /// Counts the session's calls, to mark the one in progress.
+    calls: u64,
 }
 
 impl Session {
@@ -74,13 +82,26 @@ impl Session {
         objects.resolve(&self.place(), handle, invalid)
     }
 
+    /// Whether the real session was opened before the member's module was
+    /// initialized again, so the vendor no longer knows it.
+    pub fn is_stale(&self) -> bool {
+        self.is_stale_against(&self.member)
+    }
+
+    /// Whether the real session is older than `member`'s generation, for a
+    /// member the session was on.
+    pub fn is_stale_against(&self, member: &Member) -> bool {
+        self.generation != member.generation()
+    }
+
     /// Turns the return code of a vendor call on this session into a result,
-    /// marking the member down when the code says the device is gone.
+    /// marking the member down when the code says the device is gone. A
+    /// stale real session does not count against the member.
     pub fn check(&self, call: &'static str, rv: CK_RV) -> Result<()> {
         if rv == CKR_OK {
             return Ok(());
         }
-        if health::is_member_failure(rv) {
+        if health::is_member_failure(rv) && !self.is_stale() {
             self.member.mark_down(call, rv);
         }
         Err(Rv(rv))
@@ -89,7 +110,15 @@ impl Session {
 
 struct SessionSlot {
     inner: Mutex<Option<Session>>,
+    /// The call in progress on the session, 0 when none: the member's
+    /// index in the topology in the upper bits, a call count below. The
+    /// health thread reads it, without the lock, to find calls that take
+    /// longer than the deadline.
+    busy: AtomicU64,
 }
+
+/// Bits of a busy marker that count calls; the member index is above.
+pub const BUSY_CALL_BITS: u32 = 40;
 
 type Chunk = [SessionSlot; CHUNK];
 
@@ -156,9 +185,28 @@ impl SessionTable {
             .ok_or(Rv(CKR_SESSION_HANDLE_INVALID))?;
         let mut inner = slot.inner.lock();
         match inner.as_mut() {
-            Some(session) if session.handle == handle && handle != 0 => f(session),
+            Some(session) if session.handle == handle && handle != 0 => {
+                session.calls = (session.calls + 1) & ((1 << BUSY_CALL_BITS) - 1);
+                let marker = ((session.member.index as u64 + 1) << BUSY_CALL_BITS) | session.calls;
+                slot.busy.store(marker, Ordering::Relaxed);
+                let result = f(session);
+                slot.busy.store(0, Ordering::Relaxed);
+                result
+            }
             _ => Err(Rv(CKR_SESSION_HANDLE_INVALID)),
         }
+    }
+
+    /// Returns the busy markers of sessions with a call in progress, by
+    /// table index.
+    pub fn busy_markers(&self) -> Vec<(usize, u64)> {
+        let next = self.alloc.lock().next;
+        (0..next)
+            .filter_map(|index| {
+                let marker = self.slot_at(index)?.busy.load(Ordering::Relaxed);
+                (marker != 0).then_some((index, marker))
+            })
+            .collect()
     }
 
     pub fn open_count(&self) -> usize {
@@ -189,12 +237,15 @@ impl SessionTable {
         let session = Session {
             handle: 0,
             slot: slot.clone(),
+            generation: member.generation(),
             member,
             real,
             flags,
             objects: Vec::new(),
-            finding: false,
+            find: FindState::default(),
             ops: Default::default(),
+            lost: [false; OP_KINDS],
+            calls: 0,
         };
         self.insert(session)
             .inspect_err(|_| login::release_session(slot, rw))
@@ -202,7 +253,7 @@ impl SessionTable {
 
     /// Opens a real session on the first candidate member that accepts
     /// one, logging it in when the application is logged in.
-    fn open_on_member(
+    pub fn open_on_member(
         &self,
         slot: &VirtualSlot,
         flags: CK_FLAGS,
@@ -272,6 +323,7 @@ impl SessionTable {
         if self.slot_at(index).is_none() {
             let chunk: Box<Chunk> = Box::new(std::array::from_fn(|_| SessionSlot {
                 inner: Mutex::new(None),
+                busy: AtomicU64::new(0),
             }));
             self.chunks[index / CHUNK].store(Box::into_raw(chunk), Ordering::Release);
         }
@@ -308,21 +360,11 @@ impl SessionTable {
         Ok(())
     }
 
-    /// Closes the real session behind a virtual one.
+    /// Closes the real session behind a virtual one. A member that is down
+    /// is not called, because a hung one would block the caller; its real
+    /// session is closed when it comes back.
     fn close_real(&self, session: &Session) {
-        let member = &session.member;
-        let rv = vcall!(member.module, C_CloseSession(session.real));
-        if rv != CKR_OK && member.is_up() {
-            log::warn!(
-                "member {}: C_CloseSession returned {}",
-                member.describe(),
-                Rv(rv)
-            );
-        }
-        if member.open_sessions.fetch_sub(1, Ordering::AcqRel) == 1 && !member.has_service() {
-            // The vendor logged the application out with its last session.
-            member.login_epoch.store(0, Ordering::Release);
-        }
+        release_real(&session.member, session.real, session.is_stale());
     }
 
     /// Returns the handles of the open sessions that `keep` selects.
@@ -343,6 +385,29 @@ impl SessionTable {
             // A session closed meanwhile by another thread is no error.
             let _ = self.close(objects, handle);
         }
+    }
+}
+
+/// Closes or abandons a real session on `member` and uncounts it. A stale
+/// session (from before the module was initialized again) is gone already.
+pub fn release_real(member: &Member, real: CK_SESSION_HANDLE, stale: bool) {
+    if stale {
+        // Nothing to close.
+    } else if member.is_up() {
+        let rv = vcall!(member.module, C_CloseSession(real));
+        if rv != CKR_OK {
+            log::warn!(
+                "member {}: C_CloseSession returned {}",
+                member.describe(),
+                Rv(rv)
+            );
+        }
+    } else {
+        member.orphans.lock().push(real);
+    }
+    if member.open_sessions.fetch_sub(1, Ordering::AcqRel) == 1 && !member.has_service() {
+        // The vendor logged the application out with its last session.
+        member.login_epoch.store(0, Ordering::Release);
     }
 }
 

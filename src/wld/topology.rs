@@ -10,7 +10,7 @@
 //! the highest one in use. An id never changes while the module is
 //! initialized, and a slot whose members are all gone stays listed.
 
-use super::member::{Member, MAX_MEMBERS_PER_SLOT};
+use super::member::{FoundToken, Member, MAX_MEMBERS_PER_SLOT};
 use super::slot::VirtualSlot;
 use crate::config::Config;
 use crate::error::{Result, Rv};
@@ -27,14 +27,6 @@ pub fn trim_padded(field: &[u8]) -> String {
         .rposition(|&b| b != b' ' && b != 0)
         .map_or(0, |p| p + 1);
     String::from_utf8_lossy(&field[..end]).into_owned()
-}
-
-/// An initialized token seen by a scan.
-struct FoundToken {
-    module_index: usize,
-    slot_id: CK_SLOT_ID,
-    label: String,
-    serial: String,
 }
 
 /// Every member and virtual slot of an initialized module.
@@ -79,9 +71,33 @@ impl Topology {
     /// Scans the usable modules for tokens and adds the ones not seen yet,
     /// as members of existing slots or as new slots. Returns the slots that
     /// gained members.
+    ///
+    /// A module whose members are all down is left out, because a hung
+    /// one would block the scan; the health thread scans it again when a
+    /// member comes back.
     pub fn refresh(&self, config: &Config, modules: &[Arc<VendorModule>]) -> Vec<Arc<VirtualSlot>> {
+        let members = self.members();
+        let answering: Vec<usize> = (0..modules.len())
+            .filter(|&index| {
+                let mut own = members
+                    .iter()
+                    .filter(|m| m.module_index == index)
+                    .peekable();
+                own.peek().is_none() || own.any(|m| m.is_up())
+            })
+            .collect();
+        self.refresh_modules(config, modules, &answering)
+    }
+
+    /// Scans the modules at `indexes`; see [`Topology::refresh`].
+    pub fn refresh_modules(
+        &self,
+        config: &Config,
+        modules: &[Arc<VendorModule>],
+        indexes: &[usize],
+    ) -> Vec<Arc<VirtualSlot>> {
         let _guard = self.refresh_lock.lock();
-        let found = scan(config, modules);
+        let found = scan(config, modules, indexes);
 
         let mut labels: Vec<String> = found.iter().map(|t| t.label.clone()).collect();
         labels.extend(
@@ -190,13 +206,12 @@ impl Topology {
             );
             return false;
         }
+        let module = modules[token.module_index].clone();
         let member = Arc::new(Member::new(
-            modules[token.module_index].clone(),
-            token.module_index,
-            token.slot_id,
-            token.label,
-            token.serial,
+            module,
+            token,
             slot.id,
+            members.len(),
             in_slot.len(),
         ));
         log::info!(
@@ -211,11 +226,12 @@ impl Topology {
     }
 }
 
-/// Lists the initialized tokens of every usable module whose label the
-/// configuration exposes.
-fn scan(config: &Config, modules: &[Arc<VendorModule>]) -> Vec<FoundToken> {
+/// Lists the initialized tokens whose label the configuration exposes, of
+/// the usable modules at `indexes`.
+fn scan(config: &Config, modules: &[Arc<VendorModule>], indexes: &[usize]) -> Vec<FoundToken> {
     let mut found = Vec::new();
-    for (module_index, module) in modules.iter().enumerate() {
+    for &module_index in indexes {
+        let module = &modules[module_index];
         if !module.is_usable() {
             continue;
         }
