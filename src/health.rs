@@ -304,6 +304,8 @@ pub fn probe_module(instance: &Instance, index: usize) {
         for member in &members {
             member.drop_service();
             member.orphans.lock().clear();
+            // The new instance starts logged out.
+            member.login_epoch.store(0, Ordering::Release);
             instance.objects.forget_member(member);
             member.next_generation();
         }

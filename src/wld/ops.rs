@@ -9,6 +9,7 @@
 
 use super::session::Session;
 use crate::error::{Result, Rv};
+use crate::health;
 use crate::instance::Instance;
 use crate::mechanism::{self, Checked, OwnedMechanism};
 use crate::vendor::VendorModule;
@@ -146,7 +147,9 @@ pub fn update(
     take_lost(session, kind)?;
     let rv = call(session.module(), session.real);
     if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
-        session.ops[kind as usize] = None;
+        if !health::is_member_failure(rv) {
+            session.ops[kind as usize] = None;
+        }
         return session.check(name, rv);
     }
     if rv == CKR_OK && !size_query {
@@ -177,7 +180,9 @@ pub fn dual_update(
     }
     let rv = call(session.module(), session.real);
     for kind in kinds {
-        if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
+        if health::is_member_failure(rv) {
+            // Kept as it was; the dual call itself is not replayed.
+        } else if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
             session.ops[kind as usize] = None;
         } else if let Some(op) = session.ops[kind as usize].as_mut() {
             op.updated = true;
@@ -197,7 +202,10 @@ pub fn finish(
     size_query: bool,
     rv: CK_RV,
 ) -> Result<()> {
-    let stays_active = rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && size_query);
+    // A member failure keeps the record, so the operation can start again
+    // on the member the session moves to.
+    let stays_active =
+        rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && size_query) || health::is_member_failure(rv);
     if !stays_active {
         session.ops[kind as usize] = None;
     }
