@@ -331,4 +331,85 @@ isolated! {
         assert!(signed_there);
         drop(s.keeper);
     }
+
+    /// An HSM that is down when the application initializes the module
+    /// joins its WLD slot once it starts.
+    #[timeout(120)]
+    fn member_down_at_start_joins_later() {
+        let mut hsms = three_hsm_processes(false);
+        hsms.hsms[2].kill_hard();
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(&hsms, &dir.path().join("p11wld.log"));
+        let _env = config.set_env();
+        let pkcs11 = load_initialized(&p11wld_module());
+        let slot = pkcs11.get_slots_with_token().unwrap()[0];
+        assert_eq!(member_status().len(), 2);
+
+        hsms.hsms[2].restart();
+        let started = Instant::now();
+        while member_status().len() < 3 {
+            assert!(started.elapsed() < 4 * PROBE_INTERVAL, "the third member never joined");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sessions: Vec<Session> = (0..3).map(|_| pkcs11.open_ro_session(slot).unwrap()).collect();
+        let open: Vec<u64> = member_status().iter().map(|m| m.open_sessions).collect();
+        assert_eq!(open, vec![1, 1, 1]);
+        drop(sessions);
+    }
+
+    /// Twenty kills of the member that serves a signing session: every
+    /// kill costs no failed call, and the test prints the time from each
+    /// kill to the first successful retried call (the figure the benchmark
+    /// page reports).
+    #[timeout(300)]
+    fn twenty_kills_figures() {
+        let mut s = setup();
+        let keeper_member = {
+            let counts: Vec<u64> = member_status().iter().map(|m| m.open_sessions).collect();
+            counts.iter().position(|&n| n == 1).expect("the keeper's member")
+        };
+        let workload = Workload::start(&s.pkcs11, s.slot, s.rsa, s.ec, Plan { threads: 1, reopen_every: u64::MAX });
+        std::thread::sleep(Duration::from_millis(300));
+
+        let mut latencies = Vec::new();
+        for _ in 0..20 {
+            let counts: Vec<u64> = member_status().iter().map(|m| m.open_sessions).collect();
+            let worker = (0..counts.len())
+                .find(|&i| counts[i] - u64::from(i == keeper_member) == 1)
+                .expect("the worker's member");
+            let before = workload.shared.completed_between(Duration::ZERO, Duration::MAX)[0];
+            s.hsms.hsms[worker].kill_hard();
+            let killed_at = workload.shared.started.elapsed();
+            let first = loop {
+                let after = workload.shared.completions[0].lock().unwrap().iter().copied().find(|t| *t > killed_at);
+                if let Some(at) = after {
+                    break at;
+                }
+                assert!(workload.shared.started.elapsed() - killed_at < Duration::from_secs(10), "no call succeeded after the kill");
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            assert!(workload.shared.completed_between(Duration::ZERO, Duration::MAX)[0] > before);
+            latencies.push(first - killed_at);
+            s.hsms.hsms[worker].restart();
+            assert!(wait_for_state(worker, true, 20 * PROBE_INTERVAL).is_some());
+            // Let the probe find the restarted member and re-admit it.
+            std::thread::sleep(2 * PROBE_INTERVAL);
+        }
+        let shared = workload.stop();
+        let failures = shared.failures();
+        assert!(failures.is_empty(), "failed calls: {failures:?}");
+
+        latencies.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "failover figures: {} kills, {} failed calls, kill to first successful retried call: \
+             min {:.1} ms, median {:.1} ms, max {:.1} ms",
+            latencies.len(),
+            failures.len(),
+            ms(latencies[0]),
+            ms(latencies[latencies.len() / 2]),
+            ms(latencies[latencies.len() - 1])
+        );
+        drop(s.keeper);
+    }
 }
