@@ -543,4 +543,53 @@ isolated! {
             ]
         );
     }
+
+    /// OpenSC's pkcs11-tool sees one WLD slot over three HSM processes and
+    /// signs through it; the signature verifies with the key set's public
+    /// key.
+    fn pkcs11_tool_signs_through_wld_slot() {
+        let hsms = three_hsm_processes(false);
+        let config = hsms.write_config(common::setups::DEFAULT_EXTRA);
+        let _env = config.set_env();
+        let _pin = common::ScopedEnv::set("P11WLD_TEST_PIN", USER_PIN);
+        let dir = tempfile::tempdir().unwrap();
+        let tool = |args: &[&str]| {
+            let output = std::process::Command::new("pkcs11-tool")
+                .arg("--module")
+                .arg(p11wld_module())
+                .args(args)
+                .output()
+                .expect("run pkcs11-tool");
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+            assert!(output.status.success(), "pkcs11-tool {args:?}: {stdout}{stderr}");
+            stdout
+        };
+
+        let slots = tool(&["--list-slots"]);
+        assert_eq!(slots.matches("token label        : WLD_A").count(), 1, "{slots}");
+        let objects = tool(&["--login", "--pin", "env:P11WLD_TEST_PIN", "--list-objects"]);
+        assert_eq!(objects.matches("Private Key Object").count(), 2, "{objects}");
+
+        let message = b"signed by pkcs11-tool";
+        let input = dir.path().join("message");
+        let output = dir.path().join("signature");
+        std::fs::write(&input, message).unwrap();
+        tool(&[
+            "--login",
+            "--pin",
+            "env:P11WLD_TEST_PIN",
+            "--sign",
+            "--mechanism",
+            "SHA256-RSA-PKCS",
+            "--id",
+            "01",
+            "--input-file",
+            input.to_str().unwrap(),
+            "--output-file",
+            output.to_str().unwrap(),
+        ]);
+        let signature = std::fs::read(&output).unwrap();
+        keys::verify_rsa_pkcs1_sha256(message, &signature).unwrap();
+    }
 }
