@@ -212,15 +212,34 @@ impl Health {
         state.busy = seen;
     }
 
+    /// Records whether each WLD slot has its token now, as the state that
+    /// later slot events are changes of.
+    pub fn record_presence(&self, instance: &Instance) {
+        let mut state = self.state.lock();
+        for slot in instance.topology.slots() {
+            state.present.insert(slot.id, slot.token_present());
+        }
+    }
+
     /// Sends a slot event for each WLD slot whose token appeared or went
-    /// away since the last tick, and updates its mechanism list when a
-    /// member came back.
+    /// away since the last tick; a slot that is new counts as an appearance
+    /// when its token is present.
     fn send_slot_events(&self, instance: &Instance) {
         let mut state = self.state.lock();
         for slot in instance.topology.slots() {
             let present = slot.token_present();
             let before = state.present.insert(slot.id, present);
-            if before.is_some_and(|b| b != present) {
+            if before.unwrap_or(false) != present {
+                log::info!(
+                    "WLD slot {} ({}): token {}",
+                    slot.id,
+                    slot.label,
+                    if present {
+                        "present again"
+                    } else {
+                        "not present: no member is up"
+                    }
+                );
                 instance.events.push(slot.id);
             }
         }

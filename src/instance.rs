@@ -71,6 +71,7 @@ impl Instance {
         instance
             .topology
             .refresh(&instance.config, &instance.modules);
+        instance.health.record_presence(&instance);
         Ok(instance)
     }
 

@@ -226,6 +226,7 @@ isolated! {
     fn every_member_killed_then_back() {
         let mut s = setup();
         let sessions: Vec<Session> = (0..3).map(|_| s.pkcs11.open_ro_session(s.slot).unwrap()).collect();
+        assert_eq!(s.pkcs11.get_slot_event().unwrap(), None);
         for hsm in &mut s.hsms.hsms {
             hsm.kill_hard();
         }
@@ -242,6 +243,11 @@ isolated! {
         assert!(s.pkcs11.get_slots_with_token().unwrap().is_empty());
         assert_eq!(s.pkcs11.get_all_slots().unwrap(), vec![s.slot]);
         assert!(started.elapsed() < Duration::from_secs(10), "no call hung");
+        // The health thread reports the token's disappearance as a slot
+        // event within a probe interval.
+        std::thread::sleep(2 * PROBE_INTERVAL);
+        assert_eq!(s.pkcs11.get_slot_event().unwrap(), Some(s.slot));
+        assert_eq!(s.pkcs11.get_slot_event().unwrap(), None);
 
         for hsm in &mut s.hsms.hsms {
             hsm.restart();
@@ -249,6 +255,8 @@ isolated! {
         for index in 0..3 {
             assert!(wait_for_state(index, true, 3 * PROBE_INTERVAL).is_some(), "member {index} back");
         }
+        std::thread::sleep(2 * PROBE_INTERVAL);
+        assert_eq!(s.pkcs11.get_slot_event().unwrap(), Some(s.slot));
         for session in &sessions {
             let signature = session.sign(&Mechanism::Sha256RsaPkcs, s.rsa, b"back").unwrap();
             keys::verify_rsa_pkcs1_sha256(b"back", &signature).unwrap();
