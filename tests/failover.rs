@@ -420,4 +420,30 @@ isolated! {
         );
         drop(s.keeper);
     }
+
+    /// An application that does not let the module create threads gets the
+    /// probes inline: a restarted member comes back through its
+    /// C_GetSlotList and C_OpenSession calls.
+    #[timeout(120)]
+    fn inline_probes_without_threads() {
+        let mut hsms = three_hsm_processes(false);
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(&hsms, &dir.path().join("p11wld.log"));
+        let _env = config.set_env();
+        let pkcs11 = Pkcs11::new(p11wld_module()).unwrap();
+        let flags = cryptoki::context::CInitializeFlags::OS_LOCKING_OK
+            | cryptoki::context::CInitializeFlags::LIBRARY_CANT_CREATE_OS_THREADS;
+        pkcs11.initialize(cryptoki::context::CInitializeArgs::new(flags)).unwrap();
+        let slot = pkcs11.get_slots_with_token().unwrap()[0];
+
+        hsms.hsms[0].kill_hard();
+        let sessions: Vec<Session> = (0..3).map(|_| pkcs11.open_ro_session(slot).unwrap()).collect();
+        assert!(!member_up(0), "the dead member was found down");
+        hsms.hsms[0].restart();
+        std::thread::sleep(PROBE_INTERVAL + Duration::from_millis(100));
+        assert!(!member_up(0), "no thread probes it");
+        pkcs11.get_slots_with_token().unwrap();
+        assert!(member_up(0), "C_GetSlotList probed it back");
+        drop(sessions);
+    }
 }
