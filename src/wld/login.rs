@@ -233,6 +233,8 @@ pub fn logout(slot: &VirtualSlot) -> Result<()> {
             Ok(()) | Err(Rv(CKR_USER_NOT_LOGGED_IN)) => {}
             Err(rv) => log::warn!("member {}: C_Logout failed: {rv}", member.describe()),
         }
+        // Handles of private objects end with the login.
+        member.object_handles_dropped();
     }
     Ok(())
 }
