@@ -293,6 +293,12 @@ pub(super) unsafe extern "C" fn C_GenerateRandom(
     enter("C_GenerateRandom", |instance| {
         check_in(RandomData, ulRandomLen)?;
         instance.session(hSession, Retry::Safe, |session| {
+            if ulRandomLen == 0 {
+                // Nothing to generate. Answered here because a vendor
+                // behind p11-kit-client.so 0.24 receives the empty buffer
+                // as NULL, which SoftHSM2 2.6 rejects.
+                return Ok(());
+            }
             let rv = vcall!(
                 session.module(),
                 C_GenerateRandom(session.real, RandomData, ulRandomLen)
