@@ -135,6 +135,14 @@ fn take_lost(session: &mut Session, kind: OpKind) -> Result<()> {
 /// for a replay. `size_query` is whether the output buffer is NULL, in
 /// which case the vendor only returns the output length and consumes no
 /// input.
+///
+/// An update with empty input is answered here when the proxy records the
+/// operation as active: it changes nothing, and some vendors reject it
+/// (SoftHSM2 2.6 returns CKR_ARGUMENTS_BAD for a NULL part, and
+/// p11-kit-client.so 0.24 sends every empty buffer as NULL).
+/// `answered_empty` is then called, so the caller can report an empty
+/// output.
+#[allow(clippy::too_many_arguments)]
 pub fn update(
     instance: &Instance,
     session: &mut Session,
@@ -142,9 +150,14 @@ pub fn update(
     name: &'static str,
     data: &[u8],
     size_query: bool,
+    answered_empty: impl FnOnce(),
     call: impl FnOnce(&VendorModule, CK_SESSION_HANDLE) -> CK_RV,
 ) -> Result<()> {
     take_lost(session, kind)?;
+    if data.is_empty() && session.ops[kind as usize].is_some() {
+        answered_empty();
+        return Ok(());
+    }
     let rv = call(session.module(), session.real);
     if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
         if !health::is_member_failure(rv) {
