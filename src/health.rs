@@ -394,7 +394,7 @@ fn log_counters(instance: &Instance) {
         let retried = member.retried.swap(0, Ordering::Relaxed);
         if moved > 0 || retried > 0 {
             log::warn!(
-                "member {}: {moved} sessions moved to other members, {retried} calls retried there",
+                "member {}: sessions moved to other members: {moved}, calls retried there: {retried}",
                 member.describe()
             );
         }
