@@ -8,6 +8,7 @@
 //! only. A probe counts as a call in flight, so `C_Finalize` waits for it.
 
 use crate::instance::{self, Instance};
+use crate::wld::login;
 use crate::wld::session::BUSY_CALL_BITS;
 use crate::wld::Member;
 use cryptoki_sys::*;
@@ -373,6 +374,9 @@ fn readmit(instance: &Instance, member: &Member, close_orphans: bool) {
         let orphans: Vec<CK_SESSION_HANDLE> = member.orphans.lock().drain(..).collect();
         for real in orphans {
             crate::vcall!(member.module, C_CloseSession(real));
+        }
+        if let Ok(slot) = instance.topology.slot(member.wld_slot) {
+            login::reconcile(&slot, member);
         }
     }
     if member.mark_up() {

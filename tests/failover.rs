@@ -446,4 +446,46 @@ isolated! {
         assert!(member_up(0), "C_GetSlotList probed it back");
         drop(sessions);
     }
+
+    /// C_Logout does not wait for a stopped member, and that member is
+    /// logged out when it comes back, so its sessions see no private object.
+    #[timeout(120)]
+    fn logout_skips_stopped_member() {
+        let s = setup();
+        let keeper_member = member_status().iter().position(|m| m.open_sessions == 1).unwrap();
+        let mut on_other = None;
+        let mut kept = Vec::new();
+        while on_other.is_none() {
+            let (session, index) = member_of(&s.pkcs11, s.slot, |p, slot| p.open_ro_session(slot).unwrap());
+            if index != keeper_member {
+                on_other = Some((session, index));
+            } else {
+                kept.push(session);
+            }
+        }
+        let (blocked, victim) = on_other.unwrap();
+
+        s.hsms.hsms[victim].stop();
+        let rsa = s.rsa;
+        let call = std::thread::spawn(move || blocked.sign(&Mechanism::Sha256RsaPkcs, rsa, b"held").map(|_| ()));
+        assert!(wait_for_state(victim, false, Duration::from_secs(5)).is_some(), "deadline passed");
+        let started = Instant::now();
+        s.keeper.logout().unwrap();
+        assert!(started.elapsed() < Duration::from_millis(500), "C_Logout waited for the stopped member");
+        s.hsms.hsms[victim].cont();
+        let _ = call.join().unwrap();
+        assert!(wait_for_state(victim, true, 4 * PROBE_INTERVAL).is_some());
+
+        let private_keys = [Attribute::Class(ObjectClass::PRIVATE_KEY)];
+        let started = Instant::now();
+        loop {
+            assert!(started.elapsed() < Duration::from_secs(10), "no session landed on member {victim}");
+            let (session, index) = member_of(&s.pkcs11, s.slot, |p, slot| p.open_ro_session(slot).unwrap());
+            assert!(session.find_objects(&private_keys).unwrap().is_empty(), "member {index} logged in");
+            if index == victim {
+                break;
+            }
+            kept.push(session);
+        }
+    }
 }

@@ -232,6 +232,12 @@ impl Member {
     /// application out of the token as PKCS#11 prescribes.
     pub fn close_service(&self) {
         if let Some(handle) = self.service.lock().take() {
+            if !self.is_up() {
+                // A member that is down may hang; the session is closed
+                // when it comes back as it was.
+                self.orphans.lock().push(handle);
+                return;
+            }
             let rv = vcall!(self.module, C_CloseSession(handle));
             if rv != CKR_OK && rv != CKR_SESSION_HANDLE_INVALID {
                 log::debug!(
