@@ -338,7 +338,7 @@ isolated! {
                 CKR_OK
             );
             done += 2;
-            if done % 50_000 < 2 {
+            if done % (operations / 20).max(2) < 2 {
                 let rss = resident_kib();
                 samples.push((done, rss));
                 eprintln!("{done} operations, {:?}: RSS {rss} KiB", started.elapsed());
