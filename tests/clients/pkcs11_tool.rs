@@ -47,6 +47,23 @@ pub fn run_checks(setup: &Setup, report: &mut Report) {
     );
     report.check(
         CLIENT,
+        "`--list-slots` through OpenSC's `pkcs11-spy.so`",
+        "",
+        &setup.targets,
+        |target| list_slots_under_spy(setup, target),
+    );
+    report.check(
+        CLIENT,
+        "`--list-mechanisms`",
+        "p11-kit 0.24.1's RPC lists only the mechanisms whose parameters it can carry, \
+         so the member through p11-kit lists fewer than SoftHSM2 directly. Each WLD \
+         slot lists the same mechanisms, with the same sizes and flags, as its members \
+         reached without p11wld.",
+        &setup.targets,
+        |target| list_mechanisms(setup, target),
+    );
+    report.check(
+        CLIENT,
         "`--login --list-objects`",
         "",
         &setup.targets,
@@ -155,7 +172,15 @@ pub fn wld_slot_id(target: &Target) -> Result<u64, String> {
 }
 
 fn list_slots(target: &Target) -> Outcome {
-    let result = run(tool(target).arg("--list-slots"));
+    let mut command = tool(target);
+    command.arg("--list-slots");
+    list_slots_with(command)
+}
+
+/// Runs `command`, a `pkcs11-tool --list-slots` command, and describes the
+/// `WLD_A` token it lists.
+fn list_slots_with(mut command: Command) -> Outcome {
+    let result = run(&mut command);
     if !result.success() {
         return Outcome::failed_run(&result);
     }
@@ -173,6 +198,105 @@ fn list_slots(target: &Target) -> Outcome {
         field("token model"),
         field("token flags")
     ))
+}
+
+/// OpenSC's PKCS#11 module that logs every call to the module that
+/// `PKCS11SPY` names and passes it on.
+const SPY_MODULE: &str = "/usr/lib/x86_64-linux-gnu/pkcs11/pkcs11-spy.so";
+
+fn list_slots_under_spy(setup: &Setup, target: &Target) -> Outcome {
+    assert!(
+        Path::new(SPY_MODULE).exists(),
+        "{SPY_MODULE} not found; install opensc-pkcs11"
+    );
+    let log = setup.path(target, "pkcs11-spy.log");
+    let spied = Target {
+        kind: target.kind,
+        module: SPY_MODULE.into(),
+        env: target.env.clone(),
+    };
+    let mut command = tool(&spied);
+    command
+        .env("PKCS11SPY", &target.module)
+        .env("PKCS11SPY_OUTPUT", &log)
+        .arg("--list-slots");
+    let outcome = list_slots_with(command);
+    if !outcome.passed {
+        return outcome;
+    }
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    if logged.contains("C_GetSlotList") && logged.contains("CKR_OK") {
+        Outcome::pass("token `WLD_A` listed, and the spy logged the calls")
+    } else {
+        Outcome::fail("pkcs11-spy logged no C_GetSlotList call")
+    }
+}
+
+/// Returns the lines of `pkcs11-tool --list-mechanisms` on `target`, one
+/// per mechanism with its key sizes and flags, sorted.
+fn mechanisms(target: &Target) -> Result<Vec<String>, Outcome> {
+    let result = run(tool(target).args(["--token-label", WLD_LABEL, "--list-mechanisms"]));
+    if !result.success() {
+        return Err(Outcome::failed_run(&result));
+    }
+    let mut lines: Vec<String> = result
+        .stdout
+        .lines()
+        .filter(|line| line.starts_with("  "))
+        .map(|line| line.trim().to_owned())
+        .collect();
+    lines.sort();
+    Ok(lines)
+}
+
+/// Lists the mechanisms of `target`. A WLD slot must list exactly the
+/// mechanisms of its reference target, with the same sizes and flags.
+fn list_mechanisms(setup: &Setup, target: &Target) -> Outcome {
+    let listed = match mechanisms(target) {
+        Ok(listed) => listed,
+        Err(outcome) => return outcome,
+    };
+    let Some(reference_kind) = target.kind.reference() else {
+        return Outcome::pass(format!("{} mechanisms", listed.len()));
+    };
+    let reference = setup
+        .targets
+        .iter()
+        .find(|t| t.kind == reference_kind)
+        .expect("the setup has every target");
+    let expected = match mechanisms(reference) {
+        Ok(expected) => expected,
+        Err(outcome) => return Outcome::fail(format!("reference: {}", outcome.detail)),
+    };
+    let missing: Vec<&str> = expected
+        .iter()
+        .filter(|line| !listed.contains(line))
+        .map(String::as_str)
+        .collect();
+    let extra: Vec<&str> = listed
+        .iter()
+        .filter(|line| !expected.contains(line))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() && extra.is_empty() {
+        return Outcome::pass(format!(
+            "{} mechanisms, the same as on {}",
+            listed.len(),
+            reference_kind.title()
+        ));
+    }
+    let mut errors = Vec::new();
+    if !missing.is_empty() {
+        errors.push(format!("missing: {}", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        errors.push(format!(
+            "not on {}: {}",
+            reference_kind.title(),
+            extra.join(", ")
+        ));
+    }
+    Outcome::fail(errors.join("; "))
 }
 
 /// Parses `pkcs11-tool --list-objects` output into one line per object:
