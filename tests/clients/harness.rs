@@ -364,6 +364,11 @@ pub struct Row {
     /// Why the outcomes differ between targets, when they do. Empty when
     /// they are expected to be the same everywhere.
     pub why_differs: String,
+    /// A gap of p11wld that makes this check fail through a WLD slot where
+    /// it passes without p11wld, with its cause. Empty for other checks.
+    /// The test accepts that failure, and fails once the gap is gone, so
+    /// that the mark is removed.
+    pub known_gap: String,
     /// Outcomes in [`TargetKind::ALL`] order.
     pub outcomes: Vec<(TargetKind, Outcome)>,
 }
@@ -388,16 +393,36 @@ impl Row {
         distinct.len() > 1
     }
 
+    /// Whether a WLD slot fails this check where its reference target
+    /// passes.
+    pub fn wld_fails_alone(&self) -> bool {
+        TargetKind::ALL.into_iter().any(|kind| {
+            kind.reference().is_some_and(|reference| {
+                self.outcome(reference).passed && !self.outcome(kind).passed
+            })
+        })
+    }
+
     /// Returns the ways this row breaks the rules that the test enforces.
     pub fn violations(&self) -> Vec<String> {
         let mut violations = Vec::new();
+        if !self.known_gap.is_empty() && !self.wld_fails_alone() {
+            violations.push(format!(
+                "{} {}: is marked as a known gap of p11wld, but no WLD slot fails it where \
+                 its reference passes any more. Remove the mark in tests/clients",
+                self.client.title(),
+                self.check
+            ));
+        }
         for kind in TargetKind::ALL {
             let Some(reference) = kind.reference() else {
                 continue;
             };
             let wld = self.outcome(kind);
             let expected = self.outcome(reference);
-            if expected.passed && !wld.passed {
+            if expected.passed && !wld.passed && !self.known_gap.is_empty() {
+                // Accepted: the row names the gap.
+            } else if expected.passed && !wld.passed {
                 violations.push(format!(
                     "{} {}: passes on {} but fails on {}: {}",
                     self.client.title(),
@@ -459,8 +484,19 @@ impl Report {
             client,
             check: check.to_owned(),
             why_differs: why_differs.to_owned(),
+            known_gap: String::new(),
             outcomes,
         });
+    }
+
+    /// Marks the check recorded last as one that p11wld is known to fail,
+    /// for the reason `gap`.
+    pub fn mark_known_gap(&mut self, gap: &str) {
+        let row = self
+            .rows
+            .last_mut()
+            .expect("a known gap follows the check it belongs to");
+        row.known_gap = gap.to_owned();
     }
 
     /// Returns the rows sorted by client, keeping the check order within
@@ -513,8 +549,41 @@ mod tests {
             client: Client::Pkcs11Tool,
             check: "check".to_owned(),
             why_differs: why_differs.to_owned(),
+            known_gap: String::new(),
             outcomes: TargetKind::ALL.into_iter().zip(outcomes).collect(),
         }
+    }
+
+    #[test]
+    fn known_gap_accepts_wld_failure() {
+        let mut row = row(
+            [
+                Outcome::pass(""),
+                Outcome::fail("CKR_KEY_HANDLE_INVALID"),
+                Outcome::pass(""),
+                Outcome::fail("CKR_KEY_HANDLE_INVALID"),
+            ],
+            "reason",
+        );
+        row.known_gap = "session objects stay on one member".to_owned();
+        assert_eq!(row.violations(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn closed_known_gap_violates() {
+        let mut row = row(
+            [
+                Outcome::pass(""),
+                Outcome::pass(""),
+                Outcome::pass(""),
+                Outcome::pass(""),
+            ],
+            "",
+        );
+        row.known_gap = "session objects stay on one member".to_owned();
+        let violations = row.violations();
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].contains("Remove the mark"));
     }
 
     #[test]

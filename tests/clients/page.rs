@@ -61,8 +61,9 @@ pub fn render(report: &Report) -> String {
     let mut page = String::new();
     write_header(&mut page);
     write_versions(&mut page);
-    page.push_str("## Results\n");
     let rows = report.sorted_rows();
+    write_known_gaps(&mut page, &rows);
+    page.push_str("## Results\n");
     for client in Client::ALL {
         let client_rows: Vec<&Row> = rows
             .iter()
@@ -129,6 +130,10 @@ fn write_header(page: &mut String) {
          - fails on both targets of such a pair, with different errors;\n\
          - gives different outcomes on any two targets without a reason on this page.\n\
          \n\
+         A check listed under Known gaps may fail through a WLD slot where it passes \
+         without p11wld. The test fails once it passes there, so that the list stays \
+         true.\n\
+         \n\
          PINs never appear on a command line: `pkcs11-tool --pin env:VAR`, p11tool's \
          `GNUTLS_PIN` variable, the engine's `PIN` in an OpenSSL configuration file, \
          `keytool -storepass:file`, and a Java `CallbackHandler` that reads an environment \
@@ -143,6 +148,31 @@ fn write_header(page: &mut String) {
         TargetKind::Member.title(),
         TargetKind::Wld.title(),
     );
+}
+
+fn write_known_gaps(page: &mut String, rows: &[&Row]) {
+    page.push_str(
+        "## Known gaps\n\n\
+         Checks that fail through a WLD slot and pass on the same tokens without p11wld, \
+         because of a limit of p11wld that the test accepts until it is fixed:\n\n",
+    );
+    let gaps: Vec<&&Row> = rows
+        .iter()
+        .filter(|row| !row.known_gap.is_empty())
+        .collect();
+    if gaps.is_empty() {
+        page.push_str("- None.\n");
+    }
+    for row in gaps {
+        let _ = writeln!(
+            page,
+            "- {}, {}: {}",
+            row.client.title(),
+            row.check,
+            row.known_gap
+        );
+    }
+    page.push('\n');
 }
 
 fn write_versions(page: &mut String) {
@@ -178,10 +208,14 @@ fn write_client(page: &mut String, client: Client, rows: &[&Row]) {
     for row in rows {
         let _ = write!(page, "| {} |", row.check);
         for kind in TargetKind::ALL {
-            let cell = if row.outcome(kind).passed {
-                "pass"
-            } else {
-                "**fail**"
+            let known_gap = !row.known_gap.is_empty()
+                && kind
+                    .reference()
+                    .is_some_and(|reference| row.outcome(reference).passed);
+            let cell = match (row.outcome(kind).passed, known_gap) {
+                (true, _) => "pass",
+                (false, true) => "**fail** (known gap)",
+                (false, false) => "**fail**",
             };
             let _ = write!(page, " {cell} |");
         }

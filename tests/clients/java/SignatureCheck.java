@@ -1,15 +1,18 @@
 // Signs with keys of a PKCS#11 token through Java's SunPKCS11 provider and
 // verifies each signature with the public key of the key's certificate in a
-// software provider.
+// software provider. Then signs with a key pair that it generates on the
+// token.
 //
 // Usage: java SignatureCheck <SunPKCS11 configuration file> <message file>
 //
 // The PIN comes from the environment variable P11WLD_TEST_PIN through a
 // CallbackHandler, never from the command line. Prints one line per
-// algorithm: "RESULT <algorithm> ok" or "RESULT <algorithm> failed: <error>".
+// check: "RESULT <name> ok" or "RESULT <name> failed: <error>".
 
 import java.nio.file.Files;
 import java.nio.file.Paths;
+import java.security.KeyPair;
+import java.security.KeyPairGenerator;
 import java.security.KeyStore;
 import java.security.PrivateKey;
 import java.security.Provider;
@@ -17,6 +20,7 @@ import java.security.PublicKey;
 import java.security.Security;
 import java.security.Signature;
 import java.security.spec.AlgorithmParameterSpec;
+import java.security.spec.ECGenParameterSpec;
 import java.security.spec.MGF1ParameterSpec;
 import java.security.spec.PSSParameterSpec;
 import javax.security.auth.callback.Callback;
@@ -46,6 +50,49 @@ public class SignatureCheck {
             "RSASSA-PSS", "SunRsaSign", message);
         check(keyStore, provider, "ec-key", "SHA256withECDSA", null,
             "SHA256withECDSA", "SunEC", message);
+        checkGeneratedKey(provider, message);
+    }
+
+    // Generates an EC key pair on the token with KeyPairGenerator, which
+    // SunPKCS11 makes as session objects, signs with its private key and
+    // verifies with its public key in SunEC.
+    private static void checkGeneratedKey(Provider provider, byte[] message) {
+        String name = "KeyPairGenerator-EC";
+        try {
+            KeyPairGenerator generator = KeyPairGenerator.getInstance("EC", provider);
+            generator.initialize(new ECGenParameterSpec("secp256r1"));
+            KeyPair pair = generator.generateKeyPair();
+
+            Signature signer = Signature.getInstance("SHA256withECDSA", provider);
+            signer.initSign(pair.getPrivate());
+            signer.update(message);
+            byte[] signature = signer.sign();
+
+            Signature verifier = Signature.getInstance("SHA256withECDSA", "SunEC");
+            verifier.initVerify(pair.getPublic());
+            verifier.update(message);
+            report(name, verifier.verify(signature));
+        } catch (Exception error) {
+            reportError(name, error);
+        }
+    }
+
+    private static void report(String name, boolean verified) {
+        if (verified) {
+            System.out.println("RESULT " + name + " ok");
+        } else {
+            System.out.println("RESULT " + name + " failed: the signature does not verify");
+        }
+    }
+
+    // Prints the error and its cause, which for SunPKCS11 names the PKCS#11
+    // return code.
+    private static void reportError(String name, Exception error) {
+        String text = error.toString();
+        if (error.getCause() != null) {
+            text += ", caused by " + error.getCause();
+        }
+        System.out.println("RESULT " + name + " failed: " + text);
     }
 
     private static void supplyPin(Callback[] callbacks) throws UnsupportedCallbackException {
@@ -86,13 +133,9 @@ public class SignatureCheck {
             }
             verifier.initVerify(publicKey);
             verifier.update(message);
-            if (verifier.verify(signature)) {
-                System.out.println("RESULT " + algorithm + " ok");
-            } else {
-                System.out.println("RESULT " + algorithm + " failed: the signature does not verify");
-            }
+            report(algorithm, verifier.verify(signature));
         } catch (Exception error) {
-            System.out.println("RESULT " + algorithm + " failed: " + error);
+            reportError(algorithm, error);
         }
     }
 }
