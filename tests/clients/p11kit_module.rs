@@ -16,6 +16,7 @@ use std::process::Command;
 use crate::common::{keys, USER_PIN, WLD_LABEL};
 use crate::harness::{run, write_file, Client, Outcome, Report, Target, TargetKind};
 use crate::p11tool::{field, parse_entries, test_sign};
+use crate::pkcs11_tool::parse_slots;
 use crate::setup::Setup;
 
 const CLIENT: Client = Client::P11Kit;
@@ -25,6 +26,10 @@ const P11WLD_MODULE_FILE: &str = include_str!("../../p11-kit/p11wld.module");
 
 /// Debian's module file of SoftHSM2, from the softhsm2 package.
 const SOFTHSM_MODULE_FILE: &str = "/usr/share/p11-kit/modules/softhsm2.module";
+
+/// p11-kit's proxy module, which offers the slots of every registered
+/// module as one PKCS#11 module. The p11-kit-modules package installs it.
+const PROXY_MODULE: &str = "/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so";
 
 /// User id that the programs have inside the user namespace when the test
 /// runs as root: `nobody`.
@@ -63,6 +68,13 @@ pub fn run_checks(setup: &Setup, report: &mut Report) {
         why_differs,
         &setup.targets,
         |target| list_tokens(target, &home(target)),
+    );
+    report.check(
+        CLIENT,
+        "`pkcs11-tool --module p11-kit-proxy.so --list-slots`",
+        why_differs,
+        &setup.targets,
+        |target| list_proxy_slots(target, &home(target)),
     );
     let uri = format!(
         "pkcs11:token={WLD_LABEL};object={};type=private",
@@ -215,6 +227,32 @@ fn list_tokens(target: &Target, home: &Path) -> Outcome {
             "token `{WLD_LABEL}` by {}, model {}",
             field(token, "Manufacturer"),
             field(token, "Model")
+        )),
+        None => Outcome::fail(format!("no token labelled {WLD_LABEL} listed")),
+    }
+}
+
+fn list_proxy_slots(target: &Target, home: &Path) -> Outcome {
+    assert!(
+        Path::new(PROXY_MODULE).exists(),
+        "{PROXY_MODULE} not found; install p11-kit-modules"
+    );
+    let result = run(p11kit_aware(target, home, "pkcs11-tool").args([
+        "--module",
+        PROXY_MODULE,
+        "--list-slots",
+    ]));
+    if !result.success() {
+        return Outcome::failed_run(&result);
+    }
+    let slots = parse_slots(&result.stdout);
+    match slots
+        .iter()
+        .find(|slot| slot.field("token label") == Some(WLD_LABEL))
+    {
+        Some(slot) => Outcome::pass(format!(
+            "token `{WLD_LABEL}` by {}",
+            slot.field("token manufacturer").unwrap_or("(missing)")
         )),
         None => Outcome::fail(format!("no token labelled {WLD_LABEL} listed")),
     }
