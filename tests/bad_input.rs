@@ -1138,7 +1138,7 @@ isolated! {
     fn foreign_object_handles_rejected() {
         let wld = Wld::start();
         let raw = &wld.raw;
-        let [a, b, _] = wld.sessions[..] else { unreachable!() };
+        let [a, b, c] = wld.sessions[..] else { unreachable!() };
         let mut table = Table::default();
         let mut out = [0u8; 256];
         let mut out_len: CK_ULONG = 256;
@@ -1221,13 +1221,15 @@ isolated! {
             }
         }
 
-        // A live session object of session `a`, used through session `b`
-        // on another member. PKCS#11 makes a session object visible to
-        // every session of the application; p11wld keeps it on the member
-        // it was made on and, through a session on another member, reports
-        // the handle as invalid rather than reach a different object.
-        // NOTE: a conforming token would serve this call; see the report of
-        // the object table's design in src/wld/object.rs.
+        // A live session object of session `a`, used through sessions on
+        // other members. PKCS#11 makes a session object visible to every
+        // session of the application. The object lives on `a`'s member
+        // only, so session `b`, which holds nothing on its own member,
+        // moves there and is served. Session `c` made a session object of
+        // its own, so it stays, and gets the handle reported as invalid
+        // rather than reach a different object.
+        let own = wld.create_data_object(c);
+        assert_ne!(own, 0);
         let live = wld.create_data_object(a);
         row!(
             table,
@@ -1238,9 +1240,16 @@ isolated! {
         template[0].ulValueLen = 16;
         row!(
             table,
-            "C_GetAttributeValue with a live session object of a session on another member",
-            CKR_OBJECT_HANDLE_INVALID,
+            "C_GetAttributeValue with a live session object, through a free session on another member",
+            CKR_OK,
             call!(raw, C_GetAttributeValue(b, live, template.as_mut_ptr(), 1))
+        );
+        template[0].ulValueLen = 16;
+        row!(
+            table,
+            "C_GetAttributeValue with a live session object, through a session tied to another member",
+            CKR_OBJECT_HANDLE_INVALID,
+            call!(raw, C_GetAttributeValue(c, live, template.as_mut_ptr(), 1))
         );
         assert_eq!(raw.member_status().iter().map(|m| m.state).collect::<Vec<_>>(), vec![0, 0, 0]);
         table.assert_all();

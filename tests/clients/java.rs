@@ -54,14 +54,6 @@ const P11KIT_LACKS_PSS_SHA256: &str = "SunPKCS11 offers this algorithm only when
      through `CKM_RSA_PKCS_PSS` on every target.";
 
 /// Why a key pair that SunPKCS11 generates fails through a WLD slot.
-const SESSION_OBJECTS_PINNED: &str =
-    "SunPKCS11 generates the key pair as session objects (CKA_TOKEN false) in one \
-     session of its pool and signs in another. PKCS#11 makes session objects usable in \
-     every session of the application, but p11wld keeps each one on the member of the \
-     session that created it, and returns `CKR_KEY_HANDLE_INVALID` in a session on \
-     another member. With the `least-sessions` policy, the sessions that SunPKCS11 keeps \
-     open run on different members.";
-
 pub fn run_checks(setup: &Setup, report: &mut Report) {
     let classes = compile_program(setup.work.path());
     let pin_file = setup.work.path().join("keytool-pin.txt");
@@ -98,15 +90,11 @@ pub fn run_checks(setup: &Setup, report: &mut Report) {
     for (name, check) in PROGRAM_CHECKS {
         let why_differs = match name {
             "SHA256withRSASSA-PSS" => P11KIT_LACKS_PSS_SHA256,
-            "KeyPairGenerator-EC" => SESSION_OBJECTS_PINNED,
             _ => "",
         };
         report.check(CLIENT, check, why_differs, &setup.targets, |target| {
             results[&target.kind][name].clone()
         });
-        if name == "KeyPairGenerator-EC" {
-            report.mark_known_gap(SESSION_OBJECTS_PINNED);
-        }
     }
 }
 
