@@ -491,6 +491,10 @@ impl Report {
 
     /// Marks the check recorded last as one that p11wld is known to fail,
     /// for the reason `gap`.
+    #[allow(
+        dead_code,
+        reason = "no check is a known gap now; the page and the test keep supporting them"
+    )]
     pub fn mark_known_gap(&mut self, gap: &str) {
         let row = self
             .rows
