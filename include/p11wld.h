@@ -121,6 +121,11 @@ typedef struct P11WLD_SLOT_REF {
     /* The serial the caller expects (with P11WLD_REF_POSITION) or looks
      * for (with P11WLD_REF_SERIAL), without padding blanks. */
     char serial[P11WLD_SERIAL_SIZE];
+    /* With P11WLD_REF_POSITION, optional: the module the caller expects
+     * the position in. Uninitialized tokens often all have an empty
+     * serial, so a shift between two of them is caught only by this. An
+     * empty string checks nothing. */
+    char module_name[P11WLD_MODULE_NAME_SIZE];
 } P11WLD_SLOT_REF;
 
 /* P11WLD_PROGRESS.phase */

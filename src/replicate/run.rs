@@ -118,7 +118,13 @@ pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress
         );
         progress.total += dest.plan.steps();
     }
-    if report.status != CKR_OK || request.dry_run {
+    if report.status != CKR_OK {
+        return report;
+    }
+    if request.dry_run {
+        for dest in &destinations {
+            count_planned(&dest.plan, &mut report.tokens[dest.token]);
+        }
         return report;
     }
 
@@ -542,6 +548,21 @@ fn plan_destination(
         master_objects,
         &dest.objects,
     );
+}
+
+/// Fills in a dry run's counts from the plan.
+fn count_planned(plan: &Plan, entry: &mut TokenEntry) {
+    for step in &plan.writes {
+        let (plan::Step::Create { route, .. } | plan::Step::Replace { route, .. }) = step;
+        match step {
+            plan::Step::Create { .. } => entry.created += 1,
+            plan::Step::Replace { .. } => entry.replaced += 1,
+        }
+        if matches!(route, Route::Wrap(_)) {
+            entry.wrapped += 1;
+        }
+    }
+    entry.removed = plan.removes.len();
 }
 
 fn write_destination(

@@ -132,8 +132,13 @@ pub fn scan(instance: &Instance) -> Vec<PhysicalSlot> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SlotRef {
     /// A position and the serial expected there; an empty serial expects
-    /// an uninitialized token without one.
-    Position { position: usize, serial: String },
+    /// an uninitialized token without one. A non-empty `module` must be
+    /// the name of the position's module.
+    Position {
+        position: usize,
+        serial: String,
+        module: String,
+    },
     /// A token serial.
     Serial(String),
 }
@@ -141,13 +146,17 @@ pub enum SlotRef {
 impl std::fmt::Display for SlotRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SlotRef::Position { position, serial } if serial.is_empty() => {
+            SlotRef::Position {
+                position, serial, ..
+            } if serial.is_empty() => {
                 write!(
                     f,
                     "position {position} (expected: uninitialized, no serial)"
                 )
             }
-            SlotRef::Position { position, serial } => {
+            SlotRef::Position {
+                position, serial, ..
+            } => {
                 write!(f, "position {position} (expected serial {serial})")
             }
             SlotRef::Serial(serial) => write!(f, "serial {serial}"),
@@ -161,13 +170,24 @@ pub fn resolve<'a>(
     reference: &SlotRef,
 ) -> Result<&'a PhysicalSlot, String> {
     match reference {
-        SlotRef::Position { position, serial } => {
+        SlotRef::Position {
+            position,
+            serial,
+            module,
+        } => {
             let slot = slots.get(*position).ok_or_else(|| {
                 format!(
                     "{reference}: no such position; {} physical slots are listed now",
                     slots.len()
                 )
             })?;
+            if !module.is_empty() && slot.module.name != *module {
+                return Err(format!(
+                    "{reference}: the slot there now belongs to module {}, not {module}; \
+                     positions shift when a device drops out, so list the slots again",
+                    slot.module.name
+                ));
+            }
             let Some(token) = &slot.token else {
                 return Err(format!("{reference}: the slot has no token now"));
             };

@@ -22,23 +22,26 @@ const REPLICATE_FLAGS: sys::p11wld_ulong = sys::P11WLD_REPLICATE_DRY_RUN
     | sys::P11WLD_REPLICATE_ALL;
 const VERIFY_FLAGS: sys::p11wld_ulong = sys::P11WLD_VERIFY_WLD_SLOT | sys::P11WLD_VERIFY_ALL;
 
-/// Converts one slot reference; a serial field without a NUL, or not
-/// UTF-8, is rejected.
-fn slot_ref(reference: &P11WLD_SLOT_REF) -> Result<SlotRef> {
+/// Reads a NUL-terminated text field; one without a NUL, or not UTF-8,
+/// is rejected.
+fn field_text(field: &[std::ffi::c_char]) -> Result<String> {
     // SAFETY: c_char and u8 have the same size and alignment.
-    let field: &[u8] = unsafe {
-        std::slice::from_raw_parts(reference.serial.as_ptr().cast(), reference.serial.len())
-    };
-    let serial = CStr::from_bytes_until_nul(field)
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(field.as_ptr().cast(), field.len()) };
+    let text = CStr::from_bytes_until_nul(bytes)
         .ok()
         .and_then(|s| s.to_str().ok())
-        .ok_or(Rv(CKR_ARGUMENTS_BAD))?
-        .trim_end_matches(' ')
-        .to_owned();
+        .ok_or(Rv(CKR_ARGUMENTS_BAD))?;
+    Ok(text.trim_end_matches(' ').to_owned())
+}
+
+/// Converts one slot reference.
+fn slot_ref(reference: &P11WLD_SLOT_REF) -> Result<SlotRef> {
+    let serial = field_text(&reference.serial)?;
     match reference.kind {
         sys::P11WLD_REF_POSITION => Ok(SlotRef::Position {
             position: usize::try_from(reference.position).map_err(|_| Rv(CKR_ARGUMENTS_BAD))?,
             serial,
+            module: field_text(&reference.module_name)?,
         }),
         sys::P11WLD_REF_SERIAL => Ok(SlotRef::Serial(serial)),
         _ => Err(Rv(CKR_ARGUMENTS_BAD)),
