@@ -100,14 +100,27 @@ pub const TOKEN_SET: &[CK_ATTRIBUTE_TYPE] = &[
 
 /// Attributes the token computes from others (a check value, a bit length,
 /// the encoded public key): never in a template, because many tokens
-/// reject them there, but compared, because equal objects have equal
-/// values.
+/// reject them there.
 pub const DERIVED: &[CK_ATTRIBUTE_TYPE] = &[
     CKA_CHECK_VALUE,
     CKA_MODULUS_BITS,
     CKA_VALUE_LEN,
     CKA_VALUE_BITS,
     CKA_PUBLIC_KEY_INFO,
+];
+
+/// Attributes left out of comparisons: the ones the token sets, and the
+/// check value and length of a key, which SoftHSM2 2.6.1 leaves empty and
+/// 0 on a key it generates but fills in on a key it unwraps. Equal key
+/// material, which the comparison checks otherwise, implies equal values.
+pub const UNCOMPARED: &[CK_ATTRIBUTE_TYPE] = &[
+    CKA_LOCAL,
+    CKA_ALWAYS_SENSITIVE,
+    CKA_NEVER_EXTRACTABLE,
+    CKA_KEY_GEN_MECHANISM,
+    CKA_UNIQUE_ID,
+    CKA_CHECK_VALUE,
+    CKA_VALUE_LEN,
 ];
 
 /// Key material. The blob of C_UnwrapKey carries it, so an unwrap template

@@ -16,11 +16,18 @@ use std::sync::Arc;
 
 /// The template that creates a copy of `object` with C_CreateObject: every
 /// attribute but the ones the token sets or computes itself.
+///
+/// Empty dates and an empty CKA_ALLOWED_MECHANISMS are left out too: they
+/// are the defaults, and p11-kit-client.so 0.24 turns an empty value of
+/// these types into CKR_ATTRIBUTE_VALUE_INVALID.
 pub fn create_template(object: &Object) -> Vec<Attr> {
+    const EMPTY_IS_DEFAULT: &[CK_ATTRIBUTE_TYPE] =
+        &[CKA_START_DATE, CKA_END_DATE, CKA_ALLOWED_MECHANISMS];
     object
         .attributes
         .iter()
         .filter(|(kind, _)| !TOKEN_SET.contains(kind) && !DERIVED.contains(kind))
+        .filter(|(kind, value)| !(value.is_empty() && EMPTY_IS_DEFAULT.contains(kind)))
         .map(|(kind, value)| Attr {
             kind: *kind,
             value: value.clone(),

@@ -2,7 +2,7 @@
 //! identity to match copies by, and comparisons that never reveal a
 //! sensitive value.
 
-use super::attributes::{self, as_bool, as_ulong, ARRAYS, READ, SECRET_MATERIAL, TOKEN_SET};
+use super::attributes::{self, as_bool, as_ulong, ARRAYS, READ, SECRET_MATERIAL, UNCOMPARED};
 use super::token::TokenSession;
 use crate::error::Result;
 use cryptoki_sys::*;
@@ -42,13 +42,7 @@ impl Object {
             .zip(values)
             .filter_map(|(kind, value)| value.map(|v| (*kind, v)))
             .collect();
-        let lengths = session.lengths(handle, ARRAYS)?;
-        let arrays = ARRAYS
-            .iter()
-            .zip(lengths)
-            .filter(|(_, len)| len.is_some_and(|len| len > 0))
-            .map(|(kind, _)| *kind)
-            .collect();
+        let arrays = read_arrays(session, handle);
         let mut object = Object {
             handle,
             class: CK_UNAVAILABLE_INFORMATION,
@@ -133,6 +127,44 @@ impl Object {
     }
 }
 
+/// Lists the array attributes of an object that have a value.
+///
+/// NOTE: p11-kit 0.24's RPC (p11-kit-client.so) answers CKR_DEVICE_ERROR
+/// to any query of an array attribute, even of its length, so through it
+/// such attributes are neither seen nor copied. An attribute whose query
+/// fails is taken as absent.
+fn read_arrays(session: &TokenSession, handle: CK_OBJECT_HANDLE) -> Vec<CK_ATTRIBUTE_TYPE> {
+    let present = |lengths: Vec<Option<CK_ULONG>>| {
+        lengths
+            .first()
+            .copied()
+            .flatten()
+            .is_some_and(|len| len > 0)
+    };
+    if let Ok(lengths) = session.lengths(handle, ARRAYS) {
+        return ARRAYS
+            .iter()
+            .zip(lengths)
+            .filter(|(_, len)| len.is_some_and(|len| len > 0))
+            .map(|(kind, _)| *kind)
+            .collect();
+    }
+    ARRAYS
+        .iter()
+        .copied()
+        .filter(|kind| match session.lengths(handle, &[*kind]) {
+            Ok(lengths) => present(lengths),
+            Err(rv) => {
+                log::debug!(
+                    "object {handle}: reading the length of {} failed: {rv}; taken as absent",
+                    attributes::name(*kind)
+                );
+                false
+            }
+        })
+        .collect()
+}
+
 /// Describes an object by class, type, label and id.
 pub fn describe(
     class: CK_OBJECT_CLASS,
@@ -172,12 +204,11 @@ pub fn describe(
 }
 
 /// Lists the attributes whose values differ between `a` and `b`,
-/// including attributes only one of them has. Attributes the token sets
-/// itself are left out.
+/// including attributes only one of them has, except [`UNCOMPARED`] ones.
 pub fn differing_attributes(a: &Object, b: &Object) -> Vec<CK_ATTRIBUTE_TYPE> {
     let mut differing = Vec::new();
     for kind in READ {
-        if TOKEN_SET.contains(kind) {
+        if UNCOMPARED.contains(kind) {
             continue;
         }
         if a.get(*kind) != b.get(*kind) {

@@ -8,7 +8,7 @@ use super::report::{
 };
 use super::slots::{self, PhysicalSlot, SlotRef};
 use super::token::TokenSession;
-use super::transport::{DEST_MECHANISMS, MASTER_MECHANISMS, PADDED_WRAPS};
+use super::transport::{DEST_MECHANISMS, MASTER_MECHANISMS, MAX_OAEP_KEY_LEN, PADDED_WRAPS};
 use crate::error::Rv;
 use crate::instance::Instance;
 use cryptoki_sys::*;
@@ -459,10 +459,17 @@ fn route(
     if object.class == CKO_SECRET_KEY && whole_blocks && common.contains(&CKM_AES_KEY_WRAP) {
         return Ok(Route::Wrap(CKM_AES_KEY_WRAP));
     }
+    let fits_oaep = object
+        .ulong(CKA_VALUE_LEN)
+        .is_some_and(|len| len <= MAX_OAEP_KEY_LEN);
+    if object.class == CKO_SECRET_KEY && fits_oaep {
+        return Ok(Route::Wrap(CKM_RSA_PKCS_OAEP));
+    }
     blocked(
         CKR_MECHANISM_INVALID,
-        "the tokens share no AES key wrap mechanism that carries this key \
-         (CKM_AES_KEY_WRAP_KWP or CKM_AES_KEY_WRAP_PAD)"
+        "the tokens share no AES key wrap mechanism (CKM_AES_KEY_WRAP_KWP or \
+         CKM_AES_KEY_WRAP_PAD; p11-kit-client.so 0.24 carries none), and only secret keys \
+         travel wrapped with RSA-OAEP"
             .to_owned(),
     )
 }
@@ -514,7 +521,7 @@ fn plan_destination(
     } else {
         0
     };
-    let serial = entry.serial.clone();
+    let name = dest.slot.describe();
     for (m, blocked) in &dest.plan.blocked {
         let object = &master_objects[*m];
         let outcome = if request.skip_unextractable {
@@ -530,12 +537,7 @@ fn plan_destination(
             attribute: None,
             skipped: request.skip_unextractable,
             message: format!(
-                "{}: {} cannot travel: {}; {outcome}",
-                if serial.is_empty() {
-                    "destination"
-                } else {
-                    &serial
-                },
+                "destination {name}: {} cannot travel: {}; {outcome}",
                 object.describe(),
                 blocked.reason
             ),

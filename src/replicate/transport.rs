@@ -7,7 +7,10 @@
 //!    public key with RSA-OAEP; the destination unwraps it.
 //! 4. Each key is wrapped on the master under the AES key with AES key
 //!    wrap with padding and unwrapped on the destination with its full
-//!    template.
+//!    template. A secret key small enough for RSA-OAEP may instead be
+//!    wrapped directly to the RSA transport key, for tokens reached through
+//!    a path without AES key wrap: p11-kit-client.so 0.24 rejects every
+//!    AES key wrap mechanism with CKR_MECHANISM_INVALID.
 //!
 //! Every transport object is a session object, destroyed by
 //! [`Transport::close`] or, on any other path, when the transport is
@@ -38,12 +41,22 @@ pub const DEST_MECHANISMS: &[CK_MECHANISM_TYPE] = &[CKM_RSA_PKCS_KEY_PAIR_GEN, C
 /// implements as RFC 5649; PKCS#11 3.0 names RFC 5649 CKM_AES_KEY_WRAP_KWP.
 pub const PADDED_WRAPS: &[CK_MECHANISM_TYPE] = &[CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD];
 
+/// The most bytes a secret key may have to be wrapped with RSA-OAEP
+/// directly: a 3072-bit key carries 384 - 2 * 32 - 2 = 318 bytes with
+/// SHA-256, and a little more with SHA-1.
+pub const MAX_OAEP_KEY_LEN: CK_ULONG = 318;
+
 /// The transport between one master session and one destination session.
 pub struct Transport<'a> {
     master: &'a TokenSession,
     dest: &'a TokenSession,
     master_objects: Vec<CK_OBJECT_HANDLE>,
     dest_objects: Vec<CK_OBJECT_HANDLE>,
+    /// The destination's RSA public key, imported into the master.
+    master_rsa: CK_OBJECT_HANDLE,
+    dest_rsa: CK_OBJECT_HANDLE,
+    /// The OAEP hash and mask generation function both tokens accepted.
+    oaep: (CK_MECHANISM_TYPE, CK_RSA_PKCS_MGF_TYPE),
     master_key: CK_OBJECT_HANDLE,
     dest_key: CK_OBJECT_HANDLE,
 }
@@ -56,6 +69,9 @@ impl<'a> Transport<'a> {
             dest,
             master_objects: Vec::new(),
             dest_objects: Vec::new(),
+            master_rsa: CK_INVALID_HANDLE,
+            dest_rsa: CK_INVALID_HANDLE,
+            oaep: (CKM_SHA256, CKG_MGF1_SHA256),
             master_key: CK_INVALID_HANDLE,
             dest_key: CK_INVALID_HANDLE,
         };
@@ -105,6 +121,8 @@ impl<'a> Transport<'a> {
             Attr::bytes(CKA_LABEL, TRANSPORT_LABEL),
         ])?;
         self.master_objects.push(imported);
+        self.master_rsa = imported;
+        self.dest_rsa = rsa_private;
 
         self.master_key = self.master.generate_key(
             CKM_AES_KEY_GEN,
@@ -123,20 +141,6 @@ impl<'a> Transport<'a> {
         )?;
         self.master_objects.push(self.master_key);
 
-        self.dest_key = self.carry_aes_key(imported, rsa_private)?;
-        self.dest_objects.push(self.dest_key);
-        Ok(())
-    }
-
-    /// Wraps the master's AES key to the destination's RSA key with OAEP
-    /// and unwraps it there. OAEP with SHA-256 is tried first; SoftHSM2
-    /// 2.6.1 wraps with SHA-1 only and rejects other hashes with
-    /// CKR_ARGUMENTS_BAD.
-    fn carry_aes_key(
-        &self,
-        wrapping: CK_OBJECT_HANDLE,
-        unwrapping: CK_OBJECT_HANDLE,
-    ) -> Result<CK_OBJECT_HANDLE> {
         let template = [
             Attr::ulong(CKA_CLASS, CKO_SECRET_KEY),
             Attr::ulong(CKA_KEY_TYPE, CKK_AES),
@@ -148,28 +152,20 @@ impl<'a> Transport<'a> {
             Attr::bool(CKA_DECRYPT, false),
             Attr::bytes(CKA_LABEL, TRANSPORT_LABEL),
         ];
+        self.dest_key = self.negotiate_oaep(&template)?;
+        self.dest_objects.push(self.dest_key);
+        Ok(())
+    }
+
+    /// Wraps the master's AES key to the destination's RSA key with OAEP
+    /// and unwraps it there, finding the OAEP hash both tokens accept.
+    /// SHA-256 is tried first; SoftHSM2 2.6.1 wraps with SHA-1 only and
+    /// rejects other hashes with CKR_ARGUMENTS_BAD.
+    fn negotiate_oaep(&mut self, template: &[Attr]) -> Result<CK_OBJECT_HANDLE> {
         let mut last = Rv(CKR_MECHANISM_PARAM_INVALID);
-        for (hash, mgf) in [(CKM_SHA256, CKG_MGF1_SHA256), (CKM_SHA_1, CKG_MGF1_SHA1)] {
-            let mut params = CK_RSA_PKCS_OAEP_PARAMS {
-                hashAlg: hash,
-                mgf,
-                source: CKZ_DATA_SPECIFIED,
-                pSourceData: std::ptr::null_mut(),
-                ulSourceDataLen: 0,
-            };
-            let mut mechanism = CK_MECHANISM {
-                mechanism: CKM_RSA_PKCS_OAEP,
-                pParameter: (&mut params as *mut CK_RSA_PKCS_OAEP_PARAMS).cast::<c_void>(),
-                ulParameterLen: std::mem::size_of::<CK_RSA_PKCS_OAEP_PARAMS>() as CK_ULONG,
-            };
-            let attempt = self
-                .master
-                .wrap(&mut mechanism, wrapping, self.master_key)
-                .and_then(|wrapped| {
-                    self.dest
-                        .unwrap(&mut mechanism, unwrapping, &wrapped, &template)
-                });
-            match attempt {
+        for oaep in [(CKM_SHA256, CKG_MGF1_SHA256), (CKM_SHA_1, CKG_MGF1_SHA1)] {
+            self.oaep = oaep;
+            match self.carry_oaep(self.master_key, template) {
                 Ok(handle) => return Ok(handle),
                 Err(Rv(CKR_ARGUMENTS_BAD | CKR_MECHANISM_PARAM_INVALID)) => {
                     last = Rv(CKR_MECHANISM_PARAM_INVALID);
@@ -180,14 +176,40 @@ impl<'a> Transport<'a> {
         Err(last)
     }
 
+    /// Wraps `key` on the master directly to the destination's RSA key with
+    /// OAEP and unwraps it there with `template`.
+    fn carry_oaep(&self, key: CK_OBJECT_HANDLE, template: &[Attr]) -> Result<CK_OBJECT_HANDLE> {
+        let (hash, mgf) = self.oaep;
+        let mut params = CK_RSA_PKCS_OAEP_PARAMS {
+            hashAlg: hash,
+            mgf,
+            source: CKZ_DATA_SPECIFIED,
+            pSourceData: std::ptr::null_mut(),
+            ulSourceDataLen: 0,
+        };
+        let mut mechanism = CK_MECHANISM {
+            mechanism: CKM_RSA_PKCS_OAEP,
+            pParameter: (&mut params as *mut CK_RSA_PKCS_OAEP_PARAMS).cast::<c_void>(),
+            ulParameterLen: std::mem::size_of::<CK_RSA_PKCS_OAEP_PARAMS>() as CK_ULONG,
+        };
+        let wrapped = self.master.wrap(&mut mechanism, self.master_rsa, key)?;
+        self.dest
+            .unwrap(&mut mechanism, self.dest_rsa, &wrapped, template)
+    }
+
     /// Wraps `key` on the master and unwraps it on the destination with
-    /// `template`; returns the new object.
+    /// `template`; returns the new object. With CKM_RSA_PKCS_OAEP the key
+    /// is wrapped directly to the RSA transport key, else under the AES
+    /// transport key with `mechanism`.
     pub fn carry(
         &self,
         mechanism: CK_MECHANISM_TYPE,
         key: CK_OBJECT_HANDLE,
         template: &[Attr],
     ) -> Result<CK_OBJECT_HANDLE> {
+        if mechanism == CKM_RSA_PKCS_OAEP {
+            return self.carry_oaep(key, template);
+        }
         let mut wrap_mechanism = plain_mechanism(mechanism);
         let wrapped = self
             .master
