@@ -155,15 +155,7 @@ isolated! {
         let fresh = position(&slots, "hsm2", "");
         let stale_serial = lab.stale_serials[&2].clone();
         let stale = position(&slots, "hsm3", &stale_serial);
-        let expect = format!("{master}={},{fresh}=@hsm2,{stale}={stale_serial}", lab.master_serial);
-        let output = run(
-            &lab.config,
-            &[
-                "--json", "replicate", "-s", &master.to_string(),
-                "-d", &format!("{fresh},{stale}"), "--expect-serial", &expect,
-            ],
-            &BOTH_PINS,
-        );
+        let output = replicate(&lab, &slots, master, &[fresh, stale], &[], &BOTH_PINS);
         assert!(output.status.success(), "{}", describe(&output));
         let report = json(&output);
         assert_eq!(report["status"], "CKR_OK");
@@ -194,5 +186,410 @@ isolated! {
         let verify = run(&lab.config, &["--json", "verify"], &BOTH_PINS);
         assert!(verify.status.success(), "{}", describe(&verify));
         assert_eq!(json(&verify)["differences"], 0);
+    }
+}
+
+/// Returns the problems of a report of `kind`.
+fn problems<'a>(report: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
+    report["problems"]
+        .as_array()
+        .expect("the report lists problems")
+        .iter()
+        .filter(|p| p["kind"] == kind)
+        .collect()
+}
+
+/// Checks that a stale destination still holds its own object only and an
+/// uninitialized one is still uninitialized: nothing was written.
+fn check_nothing_written(lab: &Lab, fresh_hsm: Option<usize>, stale_hsm: Option<usize>) {
+    if let Some(hsm) = fresh_hsm {
+        let states = tokens(lab, hsm);
+        assert!(
+            states.iter().all(|t| !t.initialized),
+            "HSM {hsm} has no initialized token: {states:?}"
+        );
+    }
+    if let Some(hsm) = stale_hsm {
+        let serial = &lab.stale_serials[&hsm];
+        let objects = snapshot(lab.hsms[hsm].softhsm(), serial);
+        let names: Vec<&String> = objects.keys().collect();
+        assert_eq!(
+            names.len(),
+            1,
+            "HSM {hsm} holds only its stale object: {names:?}"
+        );
+        assert!(names[0].contains(STALE_LABEL), "{names:?}");
+    }
+}
+
+/// Creates a sensitive AES key that may not leave the token.
+fn add_unextractable_key(session: &cryptoki::session::Session) {
+    use cryptoki::object::Attribute;
+    session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::ValueLen(32.into()),
+                Attribute::Label(b"kept-in-place".to_vec()),
+                Attribute::Id(vec![0x99]),
+            ],
+        )
+        .expect("C_GenerateKey of an unextractable AES key succeeds");
+}
+
+isolated! {
+    /// Through p11-kit-client.so 0.24, which carries no AES key wrap
+    /// mechanism, sensitive private keys cannot travel: the run is rejected
+    /// before anything is written, and with the skip flag everything else
+    /// arrives, the AES key wrapped with RSA-OAEP.
+    #[timeout(300)]
+    fn p11kit_private_keys_reported() {
+        let lab = lab(Reach::P11Kit, &[Start::Uninitialized, Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let fresh = position(&slots, "hsm2", "");
+        let stale = position(&slots, "hsm3", &lab.stale_serials[&2]);
+
+        let output = replicate(&lab, &slots, master, &[fresh, stale], &[], &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().filter(|l| l.starts_with("p11wld:")).count(), 1, "{stderr}");
+        let report = json(&output);
+        assert_eq!(report["status"], "CKR_MECHANISM_INVALID");
+        let blocked = problems(&report, "cannot-travel");
+        assert_eq!(blocked.len(), 4, "two private keys for each of two destinations");
+        for problem in &blocked {
+            assert_eq!(problem["object"]["class"], 3, "CKO_PRIVATE_KEY: {problem}");
+            assert_eq!(problem["skipped"], false);
+        }
+        let labels: Vec<&str> = blocked.iter().map(|p| p["object"]["label"].as_str().unwrap()).collect();
+        assert!(labels.contains(&RSA_LABEL) && labels.contains(&EC_LABEL), "{labels:?}");
+        let ids: Vec<&str> = blocked.iter().map(|p| p["object"]["id"].as_str().unwrap()).collect();
+        assert!(ids.contains(&"11") && ids.contains(&"12"), "{ids:?}");
+        check_nothing_written(&lab, Some(1), Some(2));
+
+        let output = replicate(&lab, &slots, master, &[fresh, stale], &["--skip-unextractable"], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let report = json(&output);
+        let tokens = report["tokens"].as_array().unwrap();
+        for token in &tokens[1..] {
+            assert_eq!(token["skipped"], 2, "{token}");
+            assert_eq!(token["created"], 5, "{token}");
+            assert_eq!(token["wrapped"], 1, "the AES key travels wrapped: {token}");
+        }
+        assert_eq!(tokens[2]["removed"], 1);
+        assert!(problems(&report, "cannot-travel").iter().all(|p| p["skipped"] == true));
+
+        let fresh_serial = tokens[1]["serial"].as_str().unwrap();
+        let message = b"sixteen byte msg";
+        let iv = [1u8; 16];
+        let ciphertext = lab.hsms[0].softhsm().with_user_session(&lab.master_serial, USER_PIN, |s| {
+            let key = find_key(s, ObjectClass::SECRET_KEY, AES_LABEL);
+            s.encrypt(&Mechanism::AesCbcPad(iv), key, message).unwrap()
+        });
+        lab.hsms[1].softhsm().with_user_session(fresh_serial, USER_PIN, |s| {
+            let key = find_key(s, ObjectClass::SECRET_KEY, AES_LABEL);
+            let plain = s.decrypt(&Mechanism::AesCbcPad(iv), key, &ciphertext).unwrap();
+            assert_eq!(plain, message);
+            let info = attribute_info(s, ObjectClass::SECRET_KEY, AES_LABEL, AttributeType::Value);
+            assert!(matches!(info, AttributeInfo::Sensitive), "{info:?}");
+        });
+        let copy = snapshot(lab.hsms[1].softhsm(), fresh_serial);
+        let master_objects = snapshot(lab.hsms[0].softhsm(), &lab.master_serial);
+        for (name, attributes) in &master_objects {
+            if name.starts_with("CKO_PRIVATE_KEY") {
+                assert!(!copy.contains_key(name), "{name} was skipped");
+            } else {
+                assert_eq!(copy.get(name), Some(attributes), "{name} on {fresh_serial}");
+            }
+        }
+
+        let verify = run(&lab.config, &["--json", "verify"], &BOTH_PINS);
+        assert_eq!(verify.status.code(), Some(1), "{}", describe(&verify));
+        let verify = json(&verify);
+        assert_eq!(problems(&verify, "missing").len(), 4, "{verify:#}");
+    }
+
+    /// A key with CKA_EXTRACTABLE false is named in the report and rejects
+    /// the run, unless the caller asks to skip it.
+    #[timeout(300)]
+    fn unextractable_key_reported() {
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], add_unextractable_key);
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let fresh = position(&slots, "hsm2", "");
+
+        let output = replicate(&lab, &slots, master, &[fresh], &[], &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["status"], "CKR_KEY_UNEXTRACTABLE");
+        let blocked = problems(&report, "cannot-travel");
+        assert_eq!(blocked.len(), 1, "{report:#}");
+        assert_eq!(blocked[0]["object"]["class"], 4, "CKO_SECRET_KEY");
+        assert_eq!(blocked[0]["object"]["label"], "kept-in-place");
+        assert_eq!(blocked[0]["object"]["id"], "99");
+        let message = blocked[0]["message"].as_str().unwrap();
+        assert!(message.contains("CKA_EXTRACTABLE is false"), "{message}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("kept-in-place"), "{stderr}");
+        check_nothing_written(&lab, Some(1), None);
+
+        let output = replicate(&lab, &slots, master, &[fresh], &["--skip-unextractable"], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["tokens"][1]["skipped"], 1);
+        assert_eq!(report["tokens"][1]["created"], 7);
+        assert_eq!(problems(&report, "cannot-travel")[0]["skipped"], true);
+    }
+
+    /// A wrong SO PIN is rejected on the initialized destination before
+    /// anything is written anywhere.
+    #[timeout(300)]
+    fn wrong_so_pin_refused() {
+        let lab = lab(Reach::Direct, &[Start::Uninitialized, Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let fresh = position(&slots, "hsm2", "");
+        let stale = position(&slots, "hsm3", &lab.stale_serials[&2]);
+        let pins = Pins { so: Some("87654321"), user: Some(USER_PIN) };
+
+        let output = replicate(&lab, &slots, master, &[fresh, stale], &[], &pins);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["status"], "CKR_PIN_INCORRECT");
+        assert_eq!(problems(&report, "pin").len(), 1, "{report:#}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reason.len(), 1, "{stderr}");
+        assert!(reason[0].contains("CKR_PIN_INCORRECT"), "{stderr}");
+        check_nothing_written(&lab, Some(1), Some(2));
+    }
+
+    /// The master changes after a replication: verify reports the new
+    /// object and the changed attribute, and a second replication makes
+    /// the tokens equal again.
+    #[timeout(300)]
+    fn verify_fails_after_master_changes() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let stale = position(&slots, "hsm2", &lab.stale_serials[&1]);
+        let output = replicate(&lab, &slots, master, &[stale], &[], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let verify = run(&lab.config, &["--json", "verify"], &BOTH_PINS);
+        assert!(verify.status.success(), "{}", describe(&verify));
+
+        lab.hsms[0].softhsm().with_user_session(&lab.master_serial, USER_PIN, |s| {
+            create_data_object(s, "added-later", b"new");
+            let key = find_key(s, ObjectClass::SECRET_KEY, AES_LABEL);
+            s.update_attributes(key, &[cryptoki::object::Attribute::Decrypt(false)])
+                .expect("C_SetAttributeValue of CKA_DECRYPT succeeds");
+        });
+        let verify = run(&lab.config, &["--json", "verify"], &BOTH_PINS);
+        assert_eq!(verify.status.code(), Some(1), "{}", describe(&verify));
+        let stderr = String::from_utf8_lossy(&verify.stderr);
+        assert!(stderr.contains("differ"), "{stderr}");
+        let report = json(&verify);
+        assert_eq!(report["differences"], 2, "{report:#}");
+        let missing = problems(&report, "missing");
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0]["object"]["label"], "added-later");
+        let changed = problems(&report, "attribute-differs");
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0]["object"]["label"], AES_LABEL);
+        assert_eq!(changed[0]["attribute"], 0x105, "CKA_DECRYPT");
+
+        let output = replicate(&lab, &slots, master, &[stale], &[], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["tokens"][1]["created"], 1, "{report:#}");
+        assert_eq!(report["tokens"][1]["replaced"], 1, "{report:#}");
+        assert_eq!(report["tokens"][1]["unchanged"], 6, "{report:#}");
+        let verify = run(&lab.config, &["--json", "verify"], &BOTH_PINS);
+        assert!(verify.status.success(), "{}", describe(&verify));
+    }
+
+    /// Copied objects keep every attribute a copy template with CKA_CLASS
+    /// would endanger: a data object's label, application, object id and
+    /// value; a certificate's subject, issuer and serial number; every
+    /// usage flag of a key.
+    #[timeout(300)]
+    fn copies_keep_every_attribute() {
+        use cryptoki::object::Attribute;
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let fresh = position(&slots, "hsm2", "");
+        let output = replicate(&lab, &slots, master, &[fresh], &[], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let serial = json(&output)["tokens"][1]["serial"].as_str().unwrap().to_owned();
+
+        lab.hsms[1].softhsm().with_user_session(&serial, USER_PIN, |s| {
+            let data = find_key(s, ObjectClass::DATA, DATA_LABEL);
+            let values = s
+                .get_attributes(data, &[AttributeType::Application, AttributeType::ObjectId, AttributeType::Value, AttributeType::Private])
+                .unwrap();
+            assert_eq!(
+                values,
+                vec![
+                    Attribute::Application(DATA_APPLICATION.to_vec()),
+                    Attribute::ObjectId(DATA_OBJECT_ID.to_vec()),
+                    Attribute::Value(DATA_VALUE.to_vec()),
+                    Attribute::Private(true),
+                ]
+            );
+            let cert = find_key(s, ObjectClass::CERTIFICATE, CERT_LABEL);
+            let values = s
+                .get_attributes(cert, &[AttributeType::Subject, AttributeType::Issuer, AttributeType::SerialNumber, AttributeType::Id, AttributeType::Value])
+                .unwrap();
+            assert_eq!(
+                values,
+                vec![
+                    Attribute::Subject(CERT_SUBJECT.to_vec()),
+                    Attribute::Issuer(CERT_ISSUER.to_vec()),
+                    Attribute::SerialNumber(CERT_SERIAL.to_vec()),
+                    Attribute::Id(RSA_ID.to_vec()),
+                    Attribute::Value(CERT_VALUE.to_vec()),
+                ]
+            );
+            let aes = find_key(s, ObjectClass::SECRET_KEY, AES_LABEL);
+            let flags = s
+                .get_attributes(aes, &[AttributeType::Encrypt, AttributeType::Decrypt, AttributeType::Sign, AttributeType::Verify, AttributeType::Wrap, AttributeType::Unwrap, AttributeType::Derive, AttributeType::Extractable, AttributeType::Id])
+                .unwrap();
+            assert_eq!(
+                flags,
+                vec![
+                    Attribute::Encrypt(true),
+                    Attribute::Decrypt(true),
+                    Attribute::Sign(true),
+                    Attribute::Verify(true),
+                    Attribute::Wrap(true),
+                    Attribute::Unwrap(true),
+                    Attribute::Derive(false),
+                    Attribute::Extractable(true),
+                    Attribute::Id(AES_ID.to_vec()),
+                ]
+            );
+        });
+        check_same_objects(&lab, 1, &serial);
+    }
+
+    /// An uninitialized destination gets exactly the master's label in the
+    /// 32-byte field: blank-padded, never NUL-terminated.
+    #[timeout(300)]
+    fn label_blank_padded_to_32_bytes() {
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let fresh = position(&slots, "hsm2", "");
+        let output = replicate(&lab, &slots, master, &[fresh], &[], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let serial = json(&output)["tokens"][1]["serial"].as_str().unwrap().to_owned();
+
+        let field = raw_token_label(lab.hsms[1].softhsm(), &serial);
+        let mut expected = [b' '; 32];
+        expected[..MASTER_LABEL.len()].copy_from_slice(MASTER_LABEL.as_bytes());
+        assert_eq!(field, expected, "label field {:?}", String::from_utf8_lossy(&field));
+        assert!(!field.contains(&0), "no NUL in the label field");
+    }
+
+    /// Positions shift when an HSM goes offline: a run by the positions and
+    /// serials of an older listing is rejected and writes nothing.
+    #[timeout(300)]
+    fn shifted_positions_refused() {
+        let mut lab = lab(Reach::P11Kit, &[Start::Stale, Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let second = position(&slots, "hsm2", &lab.stale_serials[&1]);
+        let third = position(&slots, "hsm3", &lab.stale_serials[&2]);
+
+        lab.hsms[1].served().kill_hard();
+        let now = list(&lab.config);
+        assert_eq!(now.len(), slots.len() - 2, "hsm2's two slots are gone: {now:#?}");
+        assert_eq!(position(&now, "hsm3", &lab.stale_serials[&2]), second, "hsm3 moved up");
+
+        let output = replicate(&lab, &slots, master, &[second, third], &["--skip-unextractable"], &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["status"], "CKR_SLOT_ID_INVALID");
+        let rejected = problems(&report, "slot");
+        assert!(rejected.len() >= 2, "{report:#}");
+        let messages: Vec<&str> = rejected.iter().map(|p| p["message"].as_str().unwrap()).collect();
+        assert!(messages.iter().any(|m| m.contains(&lab.stale_serials[&2])), "{messages:?}");
+        check_nothing_written(&lab, None, Some(2));
+    }
+
+    /// SoftHSM2 gives a token it initializes a new slot id and serial; the
+    /// run finds it again and writes the objects there.
+    #[timeout(300)]
+    fn initialized_token_found_again() {
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+        let slots = list(&lab.config);
+        let fresh = position(&slots, "hsm2", "");
+        let free = slots.iter().find(|s| s["position"] == fresh).unwrap();
+        assert_eq!(free["initialized"], false);
+        assert_eq!(free["serial"], "", "a fresh SoftHSM2 token has a blank serial");
+
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let output = replicate(&lab, &slots, master, &[fresh], &[], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let token = json(&output)["tokens"][1].clone();
+        let serial = token["serial"].as_str().unwrap().to_owned();
+        assert_ne!(serial, "", "the token has the serial C_InitToken gave it");
+        assert_eq!(token["initialized_by_run"], true);
+
+        let states = tokens(&lab, 1);
+        let state = states
+            .iter()
+            .find(|t| t.serial == serial)
+            .unwrap_or_else(|| panic!("token {serial} is among {states:?}"));
+        assert!(state.initialized);
+        assert!(state.user_pin_initialized);
+        assert_eq!(state.label, MASTER_LABEL);
+        assert_eq!(snapshot(lab.hsms[1].softhsm(), &serial).len(), 7);
+    }
+}
+
+/// Reads the raw 32-byte label field of token `serial` with
+/// C_GetTokenInfo, which the cryptoki crate trims.
+fn raw_token_label(softhsm: &common::SoftHsm, serial: &str) -> [u8; 32] {
+    use cryptoki_sys::*;
+    let _conf = common::ScopedEnv::set(common::softhsm::SOFTHSM2_CONF, softhsm.conf_path());
+    // SAFETY: loading SoftHSM2 runs its initializers only.
+    let library = unsafe { libloading::Library::new(common::paths::softhsm_module()) }.unwrap();
+    // SAFETY: C_GetFunctionList has this signature.
+    let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+        unsafe { library.get(b"C_GetFunctionList\0") }.unwrap();
+    let mut list = std::ptr::null_mut();
+    // SAFETY: valid out pointer; the list stays valid while loaded.
+    let functions = unsafe {
+        assert_eq!(get(&mut list), CKR_OK);
+        &*list
+    };
+    // SAFETY: plain PKCS#11 calls with valid buffers.
+    unsafe {
+        assert_eq!(
+            functions.C_Initialize.unwrap()(std::ptr::null_mut()),
+            CKR_OK
+        );
+        let mut count: CK_ULONG = 0;
+        functions.C_GetSlotList.unwrap()(CK_TRUE, std::ptr::null_mut(), &mut count);
+        let mut slots = vec![0; count as usize];
+        functions.C_GetSlotList.unwrap()(CK_TRUE, slots.as_mut_ptr(), &mut count);
+        let mut found = None;
+        for slot in slots {
+            let mut info = CK_TOKEN_INFO::default();
+            functions.C_GetTokenInfo.unwrap()(slot, &mut info);
+            if String::from_utf8_lossy(&info.serialNumber).trim_end() == serial {
+                found = Some(info.label);
+            }
+        }
+        functions.C_Finalize.unwrap()(std::ptr::null_mut());
+        found.unwrap_or_else(|| panic!("no token with serial {serial}"))
     }
 }

@@ -205,9 +205,20 @@ pub enum Start {
     Stale,
 }
 
-/// Sets up HSM `hsm1` with the master token, then one HSM per entry of
-/// `destinations`, and a configuration naming them in that order.
+/// Sets up HSM `hsm1` with the master token holding the objects of
+/// [`populate_master`] and what `extra_master_setup` adds, then one HSM
+/// per entry of `destinations`, and a configuration naming them in that
+/// order.
 pub fn lab(reach: Reach, destinations: &[Start], extra_master_setup: impl FnOnce(&Session)) -> Lab {
+    lab_with_master(reach, destinations, |session| {
+        populate_master(session);
+        extra_master_setup(session);
+    })
+}
+
+/// Sets up a lab as [`lab`] does, with a master that holds only what
+/// `setup` creates.
+pub fn lab_with_master(reach: Reach, destinations: &[Start], setup: impl FnOnce(&Session)) -> Lab {
     let libraries = tempfile::Builder::new()
         .prefix("p11wld-softhsm-copies-")
         .tempdir()
@@ -228,10 +239,7 @@ pub fn lab(reach: Reach, destinations: &[Start], extra_master_setup: impl FnOnce
 
     let master = SoftHsm::new();
     let master_serial = master.init_token(MASTER_LABEL, SO_PIN, USER_PIN);
-    master.with_user_session(&master_serial, USER_PIN, |session| {
-        populate_master(session);
-        extra_master_setup(session);
-    });
+    master.with_user_session(&master_serial, USER_PIN, setup);
     let mut hsms = vec![wrap("hsm1".to_owned(), master)];
     let mut stale_serials = BTreeMap::new();
     for (index, start) in destinations.iter().enumerate() {
@@ -438,4 +446,64 @@ pub fn attribute_info(
     session
         .get_attribute_info(key, &[kind])
         .expect("C_GetAttributeValue succeeds")[0]
+}
+
+/// Returns the expected-serial argument for `positions`: each one's
+/// position and serial in `slots`, with its module for a token without
+/// serial.
+pub fn expect_serials(slots: &[Value], positions: &[u64]) -> String {
+    positions
+        .iter()
+        .map(|&p| {
+            let slot = slots
+                .iter()
+                .find(|s| s["position"] == p)
+                .unwrap_or_else(|| panic!("no position {p} in {slots:#?}"));
+            let serial = slot["serial"].as_str().unwrap();
+            if serial.is_empty() {
+                format!("{p}=@{}", slot["module"].as_str().unwrap())
+            } else {
+                format!("{p}={serial}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs `p11wld --json replicate` from `master` to `destinations` with
+/// the serials `slots` lists, and returns the output.
+pub fn replicate(
+    lab: &Lab,
+    slots: &[Value],
+    master: u64,
+    destinations: &[u64],
+    extra: &[&str],
+    pins: &Pins,
+) -> Output {
+    let mut positions = vec![master];
+    positions.extend(destinations);
+    let expect = expect_serials(slots, &positions);
+    let targets = destinations
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let master = master.to_string();
+    let mut args = vec![
+        "--json",
+        "replicate",
+        "-s",
+        &master,
+        "-d",
+        &targets,
+        "--expect-serial",
+        &expect,
+    ];
+    args.extend(extra);
+    run(&lab.config, &args, pins)
+}
+
+/// Returns the token states of an HSM's directory, read directly.
+pub fn tokens(lab: &Lab, hsm: usize) -> Vec<crate::common::TokenSummary> {
+    lab.hsms[hsm].softhsm().tokens()
 }
