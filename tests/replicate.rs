@@ -593,3 +593,95 @@ fn raw_token_label(softhsm: &common::SoftHsm, serial: &str) -> [u8; 32] {
         found.unwrap_or_else(|| panic!("no token with serial {serial}"))
     }
 }
+
+/// Counts the object files SoftHSM2's file backend keeps in a token
+/// directory, over all tokens.
+fn object_files(softhsm: &common::SoftHsm) -> usize {
+    let Ok(tokens) = std::fs::read_dir(softhsm.token_dir()) else {
+        return 0;
+    };
+    tokens
+        .flatten()
+        .filter_map(|token| std::fs::read_dir(token.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter(|f| {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            name.ends_with(".object") && name != "token.object"
+        })
+        .count()
+}
+
+/// Data objects on the master of the kill test: enough that the copy
+/// takes long enough to be killed in the middle.
+const MANY_OBJECTS: usize = 600;
+
+isolated! {
+    /// The replicating process is killed in the middle; a second run over
+    /// the other members of the WLD slot converges, and verify passes.
+    #[timeout(300)]
+    fn rerun_after_kill_converges() {
+        let lab = lab_with_master(Reach::P11Kit, &[Start::Uninitialized], |session| {
+            use cryptoki::object::Attribute;
+            session
+                .generate_key(
+                    &Mechanism::AesKeyGen,
+                    &[
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Sensitive(true),
+                        Attribute::Extractable(true),
+                        Attribute::Encrypt(true),
+                        Attribute::ValueLen(32.into()),
+                        Attribute::Label(AES_LABEL.as_bytes().to_vec()),
+                    ],
+                )
+                .unwrap();
+            for n in 0..MANY_OBJECTS {
+                create_data_object(session, &format!("bulk-{n:04}"), format!("value {n}").as_bytes());
+            }
+        });
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let fresh = position(&slots, "hsm2", "");
+        let expect = expect_serials(&slots, &[master, fresh]);
+        let (master_arg, fresh_arg) = (master.to_string(), fresh.to_string());
+        let mut child = command(
+            &lab.config,
+            &["replicate", "-s", &master_arg, "-d", &fresh_arg, "--expect-serial", &expect],
+            &BOTH_PINS,
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("p11wld starts");
+
+        let started = std::time::Instant::now();
+        while object_files(lab.hsms[1].softhsm()) < MANY_OBJECTS / 4 {
+            assert!(child.try_wait().unwrap().is_none(), "the run ended before it was killed");
+            assert!(started.elapsed().as_secs() < 120, "the copy did not start");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        child.kill().expect("SIGKILL to p11wld");
+        child.wait().unwrap();
+        let written = object_files(lab.hsms[1].softhsm());
+        assert!(written < MANY_OBJECTS + 1, "killed in the middle: {written} objects");
+
+        let uri = format!("pkcs11:serial={}", lab.master_serial);
+        let output = run(&lab.config, &["--json", "replicate", "-s", &uri, "-d", "all"], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let report = json(&output);
+        let token = &report["tokens"][1];
+        assert_eq!(token["initialized_by_run"], false, "the killed run initialized it");
+        let unchanged = token["unchanged"].as_u64().unwrap();
+        let created = token["created"].as_u64().unwrap();
+        assert!(unchanged >= (MANY_OBJECTS / 4) as u64, "{token}");
+        assert_eq!(unchanged + created, (MANY_OBJECTS + 1) as u64, "{token}");
+
+        let verify = run(&lab.config, &["--json", "verify"], &BOTH_PINS);
+        assert!(verify.status.success(), "{}", describe(&verify));
+        let serial = token["serial"].as_str().unwrap();
+        let copy = snapshot(lab.hsms[1].softhsm(), serial);
+        assert_eq!(copy, snapshot(lab.hsms[0].softhsm(), &lab.master_serial));
+    }
+}
