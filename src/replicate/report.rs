@@ -245,15 +245,18 @@ pub enum Phase {
     Compare,
 }
 
+/// A progress function: phase, token index, steps done, steps in all.
+pub type ProgressFn = dyn Fn(Phase, Option<usize>, usize, usize);
+
 /// The caller's progress callback, with the step count of the run.
 pub struct Progress<'a> {
-    callback: Option<&'a dyn Fn(Phase, Option<usize>, usize, usize)>,
+    callback: Option<&'a ProgressFn>,
     pub done: usize,
     pub total: usize,
 }
 
 impl<'a> Progress<'a> {
-    pub fn new(callback: Option<&'a dyn Fn(Phase, Option<usize>, usize, usize)>) -> Progress<'a> {
+    pub fn new(callback: Option<&'a ProgressFn>) -> Progress<'a> {
         Progress {
             callback,
             done: 0,

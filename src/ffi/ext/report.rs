@@ -15,7 +15,7 @@ use cryptoki_sys::*;
 use std::sync::Arc;
 
 fn find(handle: sys::P11WLD_REPORT_HANDLE) -> Result<Arc<Report>> {
-    report::get(handle as u64).ok_or(Rv(CKR_ARGUMENTS_BAD))
+    report::get(handle).ok_or(Rv(CKR_ARGUMENTS_BAD))
 }
 
 fn count(n: usize) -> sys::p11wld_ulong {
@@ -204,7 +204,7 @@ pub(super) unsafe extern "C" fn get_report_problems(
 /// `FreeReport`.
 pub(super) extern "C" fn free_report(handle: sys::P11WLD_REPORT_HANDLE) -> sys::p11wld_rv {
     guard("FreeReport", || {
-        if report::free(handle as u64) {
+        if report::free(handle) {
             Ok(())
         } else {
             Err(Rv(CKR_ARGUMENTS_BAD))
