@@ -67,7 +67,8 @@ server_pids=()
 cleanup() {
     local pid
     for pid in "${server_pids[@]}"; do
-        kill "$pid" 2>/dev/null || true
+        # Each server leads a process group with its connection processes.
+        kill -- "-$pid" 2>/dev/null || true
     done
     for pid in "${server_pids[@]}"; do
         wait "$pid" 2>/dev/null || true
@@ -107,20 +108,21 @@ EOF
         --write-object "$work/pub.der" --type pubkey --id "$key_id" --label "$key_label"
 done
 
-for n in $(seq 1 "$hsm_count"); do
-    dir=$work/hsm$n
-    socket=$work/hsm$n.sock
+# Starts the p11-kit server of HSM $1 in a process group of its own, so the
+# server and its per-connection processes can be killed together, and records
+# its pid in server_pids[$1].
+start_server() {
+    local n=$1 dir=$work/hsm$1 socket=$work/hsm$1.sock pid
     # A Unix socket path has at most 107 bytes on Linux (sun_path is 108).
     if ((${#socket} > 107)); then
         echo "demo.sh: socket path $socket is longer than 107 bytes; set TMPDIR to a shorter directory" >&2
         exit 1
     fi
-
-    step "hsm$n: starting p11-kit server on $socket"
-    SOFTHSM2_CONF=$dir/softhsm2.conf p11-kit server -f --provider "$softhsm_module" \
-        -n "$socket" "pkcs11:token=$token_label" >"$dir/server.log" 2>&1 &
+    rm -f "$socket"
+    SOFTHSM2_CONF=$dir/softhsm2.conf setsid p11-kit server -f --provider "$softhsm_module" \
+        -n "$socket" "pkcs11:token=$token_label" >>"$dir/server.log" 2>&1 &
     pid=$!
-    server_pids+=("$pid")
+    server_pids[n]=$pid
 
     # The server creates the socket once it is ready to accept clients.
     for _ in $(seq 1 100); do
@@ -135,6 +137,11 @@ for n in $(seq 1 "$hsm_count"); do
         exit 1
     fi
     echo "p11-kit server pid $pid"
+}
+
+for n in $(seq 1 "$hsm_count"); do
+    step "hsm$n: starting p11-kit server on $work/hsm$n.sock"
+    start_server "$n"
 done
 
 config=$work/p11wld.toml
@@ -156,6 +163,11 @@ EOF
 labels = ["$token_label"]
 policy = "least-sessions"
 
+[health]
+# Probe members that are down every second, so the demo shows hsm2 come
+# back soon after its restart (the default is 5 s).
+probe_interval_ms = 1000
+
 [log]
 level = "info"
 EOF
@@ -173,5 +185,27 @@ pkcs11-tool --module "$module" --list-slots
 
 step "demo client: sessions from several threads (cargo run --release --example demo)"
 cargo run --release --example demo
+
+step "failover: signing from 6 threads while hsm2 is killed and restarted"
+ready=$work/workload.ready
+P11WLD_DEMO_SECONDS=14 P11WLD_DEMO_READY_FILE=$ready \
+    cargo run --quiet --release --example workload &
+workload_pid=$!
+for _ in $(seq 1 600); do
+    [[ -e $ready ]] && break
+    kill -0 "$workload_pid" 2>/dev/null || break
+    sleep 0.1
+done
+sleep 3
+echo ">> kill -9 hsm2 (p11-kit server pid ${server_pids[2]} and its connection processes)"
+kill -KILL -- "-${server_pids[2]}"
+wait "${server_pids[2]}" 2>/dev/null || true
+sleep 4
+echo ">> restarting hsm2"
+start_server 2
+if ! wait "$workload_pid"; then
+    echo "demo.sh: the workload reported failed calls" >&2
+    exit 1
+fi
 
 step "demo finished; stopping the p11-kit servers and removing $work"

@@ -8,6 +8,7 @@
 //! only. A probe counts as a call in flight, so `C_Finalize` waits for it.
 
 use crate::instance::{self, Instance};
+use crate::wld::login;
 use crate::wld::session::BUSY_CALL_BITS;
 use crate::wld::Member;
 use cryptoki_sys::*;
@@ -212,15 +213,34 @@ impl Health {
         state.busy = seen;
     }
 
+    /// Records whether each WLD slot has its token now, as the state that
+    /// later slot events are changes of.
+    pub fn record_presence(&self, instance: &Instance) {
+        let mut state = self.state.lock();
+        for slot in instance.topology.slots() {
+            state.present.insert(slot.id, slot.token_present());
+        }
+    }
+
     /// Sends a slot event for each WLD slot whose token appeared or went
-    /// away since the last tick, and updates its mechanism list when a
-    /// member came back.
+    /// away since the last tick; a slot that is new counts as an appearance
+    /// when its token is present.
     fn send_slot_events(&self, instance: &Instance) {
         let mut state = self.state.lock();
         for slot in instance.topology.slots() {
             let present = slot.token_present();
             let before = state.present.insert(slot.id, present);
-            if before.is_some_and(|b| b != present) {
+            if before.unwrap_or(false) != present {
+                log::info!(
+                    "WLD slot {} ({}): token {}",
+                    slot.id,
+                    slot.label,
+                    if present {
+                        "present again"
+                    } else {
+                        "not present: no member is up"
+                    }
+                );
                 instance.events.push(slot.id);
             }
         }
@@ -304,6 +324,8 @@ pub fn probe_module(instance: &Instance, index: usize) {
         for member in &members {
             member.drop_service();
             member.orphans.lock().clear();
+            // The new instance starts logged out.
+            member.login_epoch.store(0, Ordering::Release);
             instance.objects.forget_member(member);
             member.next_generation();
         }
@@ -353,6 +375,9 @@ fn readmit(instance: &Instance, member: &Member, close_orphans: bool) {
         for real in orphans {
             crate::vcall!(member.module, C_CloseSession(real));
         }
+        if let Ok(slot) = instance.topology.slot(member.wld_slot) {
+            login::reconcile(&slot, member);
+        }
     }
     if member.mark_up() {
         log::warn!(
@@ -373,7 +398,7 @@ fn log_counters(instance: &Instance) {
         let retried = member.retried.swap(0, Ordering::Relaxed);
         if moved > 0 || retried > 0 {
             log::warn!(
-                "member {}: {moved} sessions moved to other members, {retried} calls retried there",
+                "member {}: sessions moved to other members: {moved}, calls retried there: {retried}",
                 member.describe()
             );
         }

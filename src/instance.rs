@@ -71,12 +71,23 @@ impl Instance {
         instance
             .topology
             .refresh(&instance.config, &instance.modules);
+        instance.health.record_presence(&instance);
         Ok(instance)
     }
 
-    /// Finalizes every module this instance initialized.
+    /// Finalizes every module this instance initialized, except those whose
+    /// members are all down: one of them may hang, and C_Finalize must not.
     fn shut_down(&self) {
-        for module in &self.modules {
+        let members = self.topology.members();
+        for (index, module) in self.modules.iter().enumerate() {
+            let mut own = members.iter().filter(|m| m.module_index == index).peekable();
+            if own.peek().is_some() && !own.any(|m| m.is_up()) {
+                log::info!(
+                    "module {}: every member is down; it is not finalized",
+                    module.name
+                );
+                continue;
+            }
             module.finalize();
         }
     }

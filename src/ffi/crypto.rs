@@ -126,6 +126,8 @@ unsafe fn update_in_out(
                 name,
                 data,
                 pOut.is_null(),
+                // SAFETY: checked non-NULL above.
+                || unsafe { pulOutLen.write(0) },
                 |module, real| {
                     call_or_unsupported!(
                         select(module.functions()),
@@ -164,6 +166,7 @@ unsafe fn update_in(
                 name,
                 data,
                 false,
+                || {},
                 |module, real| call_or_unsupported!(select(module.functions()), real, pIn, ulInLen),
             )
         })

@@ -295,6 +295,14 @@ pub(super) unsafe extern "C" fn C_FindObjects(
                 session.find.exhausted = true;
                 return Err(Rv(CKR_DEVICE_ERROR));
             }
+            if ulMaxObjectCount == 0 {
+                // Room for no handle: an empty result, whatever the vendor
+                // would say (p11-kit-client.so 0.24 returns
+                // CKR_ARGUMENTS_BAD for a count of 0).
+                // SAFETY: checked non-NULL above.
+                unsafe { pulObjectCount.write(0) };
+                return Ok(());
+            }
             let mut kept = 0;
             while !session.find.exhausted {
                 let mut found: CK_ULONG = 0;

@@ -23,6 +23,7 @@ pub(super) unsafe extern "C" fn C_GetSlotList(
     enter("C_GetSlotList", |instance| {
         check_out(pulCount)?;
         if pSlotList.is_null() {
+            instance.poll_health();
             instance
                 .topology
                 .refresh(&instance.config, &instance.modules);

@@ -14,6 +14,7 @@ use super::{check_out, fill_list};
 use crate::error::Rv;
 use crate::instance::guard;
 use cryptoki_sys::*;
+use std::cell::UnsafeCell;
 use std::ffi::{c_void, CStr};
 
 /// Fills in a function list: the 2.40 fields are the same in every table.
@@ -130,31 +131,59 @@ pub static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = function_list!(
     }
 );
 
-/// The interfaces `C_GetInterfaceList` returns; the first is the default.
-struct Interfaces([CK_INTERFACE; 3]);
+/// Builds the interface array: the first entry is the default.
+macro_rules! interface_array {
+    () => {
+        [
+            CK_INTERFACE {
+                pInterfaceName: PKCS11_NAME.as_ptr() as *mut CK_UTF8CHAR,
+                pFunctionList: &FUNCTION_LIST_3_0 as *const CK_FUNCTION_LIST_3_0 as *mut c_void,
+                flags: 0,
+            },
+            CK_INTERFACE {
+                pInterfaceName: PKCS11_NAME.as_ptr() as *mut CK_UTF8CHAR,
+                pFunctionList: &FUNCTION_LIST as *const CK_FUNCTION_LIST as *mut c_void,
+                flags: 0,
+            },
+            CK_INTERFACE {
+                pInterfaceName: ext::INTERFACE_NAME.as_ptr() as *mut CK_UTF8CHAR,
+                pFunctionList: &ext::FUNCTION_LIST as *const ext::P11WLD_FUNCTION_LIST
+                    as *mut c_void,
+                flags: 0,
+            },
+        ]
+    };
+}
+
+const INTERFACE_COUNT: usize = 3;
+
+/// The interfaces `C_GetInterfaceList` returns and `C_GetInterface`
+/// matches against.
+struct Interfaces([CK_INTERFACE; INTERFACE_COUNT]);
 
 // SAFETY: the interfaces point to static, immutable data only.
 unsafe impl Sync for Interfaces {}
 
+/// The copies of the interfaces that `C_GetInterface` hands out pointers
+/// to, in writable memory.
+///
+/// Some callers write through the returned pointer: OpenSC's `pkcs11-spy`
+/// 0.23 replaces `pFunctionList` with its own list, and gets SIGSEGV when
+/// the interface is in read-only memory. Such a write changes what later
+/// `C_GetInterface` calls in the process return, as with OpenSC's own
+/// module, whose interface array is writable too. [`INTERFACES`] stays as
+/// declared, so matching and `C_GetInterfaceList` never see the writes.
+struct HandedOut(UnsafeCell<[CK_INTERFACE; INTERFACE_COUNT]>);
+
+// SAFETY: the module never reads or writes the array through a reference:
+// it only computes pointers into it, which callers may write through.
+unsafe impl Sync for HandedOut {}
+
 const PKCS11_NAME: &CStr = c"PKCS 11";
 
-static INTERFACES: Interfaces = Interfaces([
-    CK_INTERFACE {
-        pInterfaceName: PKCS11_NAME.as_ptr() as *mut CK_UTF8CHAR,
-        pFunctionList: &FUNCTION_LIST_3_0 as *const CK_FUNCTION_LIST_3_0 as *mut c_void,
-        flags: 0,
-    },
-    CK_INTERFACE {
-        pInterfaceName: PKCS11_NAME.as_ptr() as *mut CK_UTF8CHAR,
-        pFunctionList: &FUNCTION_LIST as *const CK_FUNCTION_LIST as *mut c_void,
-        flags: 0,
-    },
-    CK_INTERFACE {
-        pInterfaceName: ext::INTERFACE_NAME.as_ptr() as *mut CK_UTF8CHAR,
-        pFunctionList: &ext::FUNCTION_LIST as *const ext::P11WLD_FUNCTION_LIST as *mut c_void,
-        flags: 0,
-    },
-]);
+static INTERFACES: Interfaces = Interfaces(interface_array!());
+
+static HANDED_OUT: HandedOut = HandedOut(UnsafeCell::new(interface_array!()));
 
 /// Returns the version an interface's function list starts with; every
 /// list of ours begins with a CK_VERSION.
@@ -223,19 +252,21 @@ pub unsafe extern "C" fn C_GetInterface(
             // SAFETY: checked non-NULL; the caller passes a CK_VERSION.
             Some(unsafe { *pVersion })
         };
-        let found = find_interface(name, version, flags).ok_or(Rv(CKR_ARGUMENTS_BAD))?;
-        // SAFETY: checked non-NULL. The interface is static.
-        unsafe { *ppInterface = found as *const CK_INTERFACE as *mut _ };
+        let index = find_interface(name, version, flags).ok_or(Rv(CKR_ARGUMENTS_BAD))?;
+        // SAFETY: checked non-NULL. `index` is within the static array, so
+        // the pointer stays valid for the life of the program.
+        unsafe { *ppInterface = HANDED_OUT.0.get().cast::<CK_INTERFACE>().add(index) };
         Ok(())
     })
 }
 
+/// Returns the index of the first interface that matches.
 fn find_interface(
     name: Option<&CStr>,
     version: Option<CK_VERSION>,
     flags: CK_FLAGS,
-) -> Option<&'static CK_INTERFACE> {
-    INTERFACES.0.iter().find(|interface| {
+) -> Option<usize> {
+    INTERFACES.0.iter().position(|interface| {
         // SAFETY: every interface name is a static C string.
         let own = unsafe { CStr::from_ptr(interface.pInterfaceName as *const std::ffi::c_char) };
         let own_version = interface_version(interface);
@@ -253,7 +284,7 @@ mod tests {
     #[test]
     fn default_interface_is_3_0() {
         let found = find_interface(None, None, 0).unwrap();
-        assert_eq!(interface_version(found).major, 3);
+        assert_eq!(interface_version(&INTERFACES.0[found]).major, 3);
     }
 
     #[test]
@@ -271,13 +302,35 @@ mod tests {
             }),
             0,
         );
-        assert_eq!(interface_version(found.unwrap()).minor, 40);
+        assert_eq!(interface_version(&INTERFACES.0[found.unwrap()]).minor, 40);
         let missing = find_interface(
             Some(PKCS11_NAME),
             Some(CK_VERSION { major: 3, minor: 1 }),
             0,
         );
         assert!(missing.is_none());
+    }
+
+    #[test]
+    fn returned_interface_is_writable() {
+        let mut interface: *mut CK_INTERFACE = std::ptr::null_mut();
+        let rv = unsafe {
+            C_GetInterface(
+                PKCS11_NAME.as_ptr() as *mut CK_UTF8CHAR,
+                std::ptr::null_mut(),
+                &mut interface,
+                0,
+            )
+        };
+        assert_eq!(rv, CKR_OK);
+        // A caller such as pkcs11-spy stores its own list here. Writing the
+        // value back unchanged keeps other tests unaffected, and the write
+        // would fault if the interface were in read-only memory.
+        unsafe {
+            let list = std::ptr::addr_of_mut!((*interface).pFunctionList);
+            std::ptr::write_volatile(list, std::ptr::read_volatile(list));
+        }
+        assert_eq!(interface_version(unsafe { &*interface }).major, 3);
     }
 
     #[test]

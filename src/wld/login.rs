@@ -127,6 +127,30 @@ pub fn release_session(slot: &VirtualSlot, rw: bool) {
     }
 }
 
+/// Logs `member` out when it comes back logged in at an epoch that is not
+/// the slot's login any more: the application logged out, or in again,
+/// while the member was down.
+pub fn reconcile(slot: &VirtualSlot, member: &Member) {
+    let epoch = member.login_epoch.load(Ordering::Acquire);
+    if epoch == 0 {
+        return;
+    }
+    let current = {
+        let state = slot.login.lock();
+        state.user.map(|_| state.epoch)
+    };
+    if current == Some(epoch) {
+        return;
+    }
+    member.login_epoch.store(0, Ordering::Release);
+    let result = member.with_service(|service| Rv::check(vcall!(member.module, C_Logout(service))));
+    match result {
+        Ok(()) | Err(Rv(CKR_USER_NOT_LOGGED_IN)) => {}
+        Err(rv) => log::warn!("member {}: C_Logout failed: {rv}", member.describe()),
+    }
+    member.object_handles_dropped();
+}
+
 /// Returns the credentials a member must be logged in with, if any.
 pub fn current(slot: &VirtualSlot) -> Option<Credentials> {
     slot.login.lock().credentials()
@@ -226,6 +250,11 @@ pub fn logout(slot: &VirtualSlot) -> Result<()> {
         if member.login_epoch.load(Ordering::Acquire) != epoch {
             continue;
         }
+        if !member.is_up() {
+            // Not called, because a member that is down may hang. It keeps
+            // its old epoch, so it is logged out when it comes back.
+            continue;
+        }
         member.login_epoch.store(0, Ordering::Release);
         let result =
             member.with_service(|service| Rv::check(vcall!(member.module, C_Logout(service))));
@@ -233,6 +262,8 @@ pub fn logout(slot: &VirtualSlot) -> Result<()> {
             Ok(()) | Err(Rv(CKR_USER_NOT_LOGGED_IN)) => {}
             Err(rv) => log::warn!("member {}: C_Logout failed: {rv}", member.describe()),
         }
+        // Handles of private objects end with the login.
+        member.object_handles_dropped();
     }
     Ok(())
 }

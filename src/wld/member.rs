@@ -48,6 +48,16 @@ pub struct Member {
     service: Mutex<Option<CK_SESSION_HANDLE>>,
     /// Real object handle to virtual object handle, for find results.
     pub handles: RwLock<FxHashMap<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>>,
+    /// Incremented each time the vendor may have dropped the member's
+    /// object handles: when the last real session on the member closes, and
+    /// at C_Logout. PKCS#11 keeps an object handle valid only while a
+    /// session that can use it stays open, and a private object's handle
+    /// only while the user stays logged in. SoftHSM2 2.6.1 gives its objects
+    /// new handles after either event.
+    handle_epoch: AtomicU64,
+    /// The handle epoch that the object table's bindings on this member
+    /// belong to.
+    pub bound_epoch: AtomicU64,
     /// Incremented each time the member's module instance is initialized
     /// again: real session and object handles of an older generation mean
     /// nothing any more.
@@ -106,6 +116,8 @@ impl Member {
             login_epoch: AtomicU64::new(0),
             service: Mutex::new(None),
             handles: RwLock::new(FxHashMap::default()),
+            handle_epoch: AtomicU64::new(0),
+            bound_epoch: AtomicU64::new(0),
             generation: AtomicU64::new(1),
             orphans: Mutex::new(Vec::new()),
             moved: AtomicU64::new(0),
@@ -125,6 +137,17 @@ impl Member {
     /// again.
     pub fn next_generation(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn handle_epoch(&self) -> u64 {
+        self.handle_epoch.load(Ordering::Acquire)
+    }
+
+    /// Records that the vendor may have dropped the member's object handles,
+    /// so the object table searches its objects again before using them.
+    /// Call it after the vendor call that ended the handles' validity.
+    pub fn object_handles_dropped(&self) {
+        self.handle_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Marks the member down after `call` returned `rv`. Returns whether
@@ -209,6 +232,12 @@ impl Member {
     /// application out of the token as PKCS#11 prescribes.
     pub fn close_service(&self) {
         if let Some(handle) = self.service.lock().take() {
+            if !self.is_up() {
+                // A member that is down may hang; the session is closed
+                // when it comes back as it was.
+                self.orphans.lock().push(handle);
+                return;
+            }
             let rv = vcall!(self.module, C_CloseSession(handle));
             if rv != CKR_OK && rv != CKR_SESSION_HANDLE_INVALID {
                 log::debug!(
@@ -216,6 +245,9 @@ impl Member {
                     self.describe(),
                     ckr_name(rv)
                 );
+            }
+            if self.open_sessions.load(Ordering::Acquire) == 0 {
+                self.object_handles_dropped();
             }
         }
     }

@@ -246,6 +246,7 @@ impl ObjectTable {
         if entry.slot.load(Ordering::Relaxed) != place.slot {
             return Err(Rv(invalid));
         }
+        self.sync_member(place.member);
         let pinned = entry.pinned.load(Ordering::Relaxed);
         if pinned != 0 && pinned != place.member.pos + 1 {
             return Err(Rv(invalid));
@@ -326,6 +327,7 @@ impl ObjectTable {
         session: CK_SESSION_HANDLE,
         real: CK_OBJECT_HANDLE,
     ) -> Result<CK_OBJECT_HANDLE> {
+        self.sync_member(place.member);
         if let Some(handle) = self.known(place, real) {
             return Ok(handle);
         }
@@ -366,6 +368,40 @@ impl ObjectTable {
                 self.allocate(&mut alloc, place, identity, real, true)
             }
         }
+    }
+
+    /// Drops the shared handles' bindings on `member` when the vendor may
+    /// have dropped its object handles since they were made (see
+    /// [`Member::object_handles_dropped`]), so those objects are searched
+    /// again by identity. Without this, an object found again under a new
+    /// real handle would look like a second object with the same identity.
+    /// Pinned handles keep their bindings: their objects cannot be searched
+    /// for on the member, and a public session object outlives C_Logout.
+    fn sync_member(&self, member: &Member) {
+        let epoch = member.handle_epoch();
+        if member.bound_epoch.load(Ordering::Acquire) == epoch {
+            return;
+        }
+        let mut handles = member.handles.write();
+        if member.bound_epoch.load(Ordering::Acquire) == epoch {
+            return;
+        }
+        handles.retain(|&real, &mut handle| {
+            let Some(entry) = self.get(handle) else {
+                return false;
+            };
+            if entry.pinned.load(Ordering::Relaxed) != 0 {
+                return true;
+            }
+            let _ = entry.real[member.pos].compare_exchange(
+                real,
+                0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            false
+        });
+        member.bound_epoch.store(epoch, Ordering::Release);
     }
 
     /// Returns the virtual handle already bound to `real` on the member.

@@ -9,6 +9,7 @@
 
 use super::session::Session;
 use crate::error::{Result, Rv};
+use crate::health;
 use crate::instance::Instance;
 use crate::mechanism::{self, Checked, OwnedMechanism};
 use crate::vendor::VendorModule;
@@ -134,6 +135,14 @@ fn take_lost(session: &mut Session, kind: OpKind) -> Result<()> {
 /// for a replay. `size_query` is whether the output buffer is NULL, in
 /// which case the vendor only returns the output length and consumes no
 /// input.
+///
+/// An update with empty input is answered here when the proxy records the
+/// operation as active: it changes nothing, and some vendors reject it
+/// (SoftHSM2 2.6 returns CKR_ARGUMENTS_BAD for a NULL part, and
+/// p11-kit-client.so 0.24 sends every empty buffer as NULL).
+/// `answered_empty` is then called, so the caller can report an empty
+/// output.
+#[allow(clippy::too_many_arguments)]
 pub fn update(
     instance: &Instance,
     session: &mut Session,
@@ -141,12 +150,19 @@ pub fn update(
     name: &'static str,
     data: &[u8],
     size_query: bool,
+    answered_empty: impl FnOnce(),
     call: impl FnOnce(&VendorModule, CK_SESSION_HANDLE) -> CK_RV,
 ) -> Result<()> {
     take_lost(session, kind)?;
+    if data.is_empty() && session.ops[kind as usize].is_some() {
+        answered_empty();
+        return Ok(());
+    }
     let rv = call(session.module(), session.real);
     if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
-        session.ops[kind as usize] = None;
+        if !health::is_member_failure(rv) {
+            session.ops[kind as usize] = None;
+        }
         return session.check(name, rv);
     }
     if rv == CKR_OK && !size_query {
@@ -177,7 +193,9 @@ pub fn dual_update(
     }
     let rv = call(session.module(), session.real);
     for kind in kinds {
-        if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
+        if health::is_member_failure(rv) {
+            // Kept as it was; the dual call itself is not replayed.
+        } else if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
             session.ops[kind as usize] = None;
         } else if let Some(op) = session.ops[kind as usize].as_mut() {
             op.updated = true;
@@ -197,7 +215,10 @@ pub fn finish(
     size_query: bool,
     rv: CK_RV,
 ) -> Result<()> {
-    let stays_active = rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && size_query);
+    // A member failure keeps the record, so the operation can start again
+    // on the member the session moves to.
+    let stays_active =
+        rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && size_query) || health::is_member_failure(rv);
     if !stays_active {
         session.ops[kind as usize] = None;
     }

@@ -406,8 +406,10 @@ pub fn release_real(member: &Member, real: CK_SESSION_HANDLE, stale: bool) {
         member.orphans.lock().push(real);
     }
     if member.open_sessions.fetch_sub(1, Ordering::AcqRel) == 1 && !member.has_service() {
-        // The vendor logged the application out with its last session.
+        // The vendor logged the application out with its last session, and
+        // its object handles ended with it.
         member.login_epoch.store(0, Ordering::Release);
+        member.object_handles_dropped();
     }
 }
 

@@ -96,8 +96,10 @@ impl Topology {
         modules: &[Arc<VendorModule>],
         indexes: &[usize],
     ) -> Vec<Arc<VirtualSlot>> {
-        let _guard = self.refresh_lock.lock();
+        // The vendor calls run outside the lock: a hung module must not
+        // block another thread's scan of the others.
         let found = scan(config, modules, indexes);
+        let _guard = self.refresh_lock.lock();
 
         let mut labels: Vec<String> = found.iter().map(|t| t.label.clone()).collect();
         labels.extend(

@@ -35,6 +35,7 @@ pub mod paths;
 pub mod procfs;
 pub mod setups;
 pub mod softhsm;
+pub mod workload;
 
 pub use config::{config_text, ConfigFile, ModuleEntry};
 pub use env::ScopedEnv;
