@@ -12,7 +12,7 @@
  * needs the module to be initialized with C_Initialize first and returns
  * CKR_CRYPTOKI_NOT_INITIALIZED otherwise.
  * Lists follow the PKCS#11 two-call convention: pass a NULL buffer to read
- * the count, then a buffer of that many entries; a buffer that is too small
+ * the count, then a buffer of that many entries. A buffer that is too small
  * gives CKR_BUFFER_TOO_SMALL with the count needed.
  *
  * Text fields are NUL-terminated UTF-8, unlike PKCS#11's blank-padded ones;
@@ -163,7 +163,7 @@ typedef void (*P11WLD_PROGRESS_CALLBACK)(void *context,
 /* Plan the run and report it without writing anything. */
 #define P11WLD_REPLICATE_DRY_RUN 0x1UL
 /* Leave out keys that cannot travel (CKA_EXTRACTABLE false, a mechanism a
- * token lacks) and report them as skipped; without this flag such a key
+ * token lacks) and report them as skipped. Without this flag such a key
  * rejects the whole run before anything is written. */
 #define P11WLD_REPLICATE_SKIP_UNEXTRACTABLE 0x2UL
 /* Replicate to every other member of the master's WLD slot; destinations
@@ -195,7 +195,7 @@ typedef struct P11WLD_REPLICATE_ARGS {
 
 /* P11WLD_VERIFY_ARGS.flags */
 /* Compare the members of the WLD slot wld_slot_id; master and others are
- * ignored. The first member that answers is the reference. */
+ * ignored. The first member that is reachable is the reference. */
 #define P11WLD_VERIFY_WLD_SLOT 0x1UL
 /* Compare master with every other member of its WLD slot; others must be
  * NULL with other_count 0. */

@@ -80,7 +80,10 @@ impl Instance {
     fn shut_down(&self) {
         let members = self.topology.members();
         for (index, module) in self.modules.iter().enumerate() {
-            let mut own = members.iter().filter(|m| m.module_index == index).peekable();
+            let mut own = members
+                .iter()
+                .filter(|m| m.module_index == index)
+                .peekable();
             if own.peek().is_some() && !own.any(|m| m.is_up()) {
                 log::info!(
                     "module {}: every member is down; it is not finalized",

@@ -58,7 +58,7 @@ enum Command {
     /// List every physical slot with its positional number, label and serial
     List,
     /// Show each WLD member's state, sessions and failures as this process
-    /// sees them
+    /// knows them
     Status,
     /// Copy every object and the label of a master token to other tokens
     Replicate(ReplicateArgs),
@@ -207,7 +207,8 @@ fn status(cli: &Cli, module: &Module) -> Result<(), Failure> {
     }
 }
 
-/// A progress bar on stderr when it is a terminal and the output is text.
+/// Creates a progress bar on stderr when it is a terminal and the output
+/// is text.
 fn progress_bar(cli: &Cli) -> Option<ProgressBar> {
     if cli.json || !std::io::stderr().is_terminal() {
         return None;

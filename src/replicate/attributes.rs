@@ -1,5 +1,5 @@
-//! Which attributes an object is read with, which of them go into the
-//! template that makes its copy, and which are compared.
+//! The attribute lists of replication: the ones read from an object, the
+//! ones that go into the template of its copy, and the ones compared.
 //!
 //! The lists cover the attributes of PKCS#11 2.40 for the object classes
 //! that travel (data objects, certificates, public, private and secret
@@ -9,7 +9,7 @@
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
 
-/// Attributes read from every object. A token answers
+/// Attributes read from every object. A token returns
 /// CKR_ATTRIBUTE_TYPE_INVALID for the ones an object does not have, and
 /// those are left out.
 pub const READ: &[CK_ATTRIBUTE_TYPE] = &[
@@ -88,8 +88,8 @@ pub const ARRAYS: &[CK_ATTRIBUTE_TYPE] =
     &[CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE, CKA_DERIVE_TEMPLATE];
 
 /// Attributes that only the token sets and that differ legitimately
-/// between a key generated on the master and its copy: never in a template,
-/// never compared.
+/// between a key generated on the master and its copy. They are never put
+/// in a template, and [`UNCOMPARED`] leaves them out of comparisons.
 pub const TOKEN_SET: &[CK_ATTRIBUTE_TYPE] = &[
     CKA_LOCAL,
     CKA_ALWAYS_SENSITIVE,

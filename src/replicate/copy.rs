@@ -14,8 +14,9 @@ use cryptoki_sys::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-/// The template that creates a copy of `object` with C_CreateObject: every
-/// attribute but the ones the token sets or computes itself.
+/// Builds the template that creates a copy of `object` with
+/// C_CreateObject: every attribute but the ones the token sets or computes
+/// itself.
 ///
 /// Empty dates and an empty CKA_ALLOWED_MECHANISMS are left out too: they
 /// are the defaults, and p11-kit-client.so 0.24 turns an empty value of
@@ -35,8 +36,8 @@ pub fn create_template(object: &Object) -> Vec<Attr> {
         .collect()
 }
 
-/// The template that unwraps a copy of `object`: the create template
-/// without the key material, which the wrapped key carries.
+/// Builds the template that unwraps a copy of `object`: the create
+/// template without the key material, which the wrapped key carries.
 pub fn unwrap_template(object: &Object) -> Vec<Attr> {
     create_template(object)
         .into_iter()
@@ -44,8 +45,8 @@ pub fn unwrap_template(object: &Object) -> Vec<Attr> {
         .collect()
 }
 
-/// A 32-byte label field: blank-padded, never NUL-terminated, cut at a
-/// character boundary when longer.
+/// Builds a 32-byte label field: blank-padded, never NUL-terminated, cut at
+/// a character boundary when longer.
 pub fn label_field(label: &str) -> [u8; 32] {
     let mut field = [b' '; 32];
     let mut end = label.len().min(32);

@@ -1,4 +1,4 @@
-//! Token objects as replication sees them: every readable attribute, an
+//! Token objects as replication reads them: every readable attribute, an
 //! identity to match copies by, and comparisons that never reveal a
 //! sensitive value.
 
@@ -22,8 +22,8 @@ pub struct Object {
     pub arrays: Vec<CK_ATTRIBUTE_TYPE>,
 }
 
-/// What identifies an object across tokens. Two objects of one identity
-/// on a token are told apart by their other attributes.
+/// The identity of an object across tokens. Two objects of one identity
+/// on a token are distinguished by their other attributes.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Identity {
     pub class: CK_OBJECT_CLASS,
@@ -101,14 +101,14 @@ impl Object {
         }
     }
 
-    /// Whether the object is a private or secret key.
+    /// Returns whether the object is a private or secret key.
     pub fn is_secret_class(&self) -> bool {
         matches!(self.class, CKO_PRIVATE_KEY | CKO_SECRET_KEY)
     }
 
-    /// Whether the key keeps its material from this process: a private or
-    /// secret key that is sensitive, or whose secret material was not
-    /// revealed for another reason.
+    /// Returns whether the key keeps its material from this process: a
+    /// private or secret key that is sensitive, or whose secret material was
+    /// not revealed for another reason.
     pub fn hides_material(&self) -> bool {
         if !self.is_secret_class() {
             return false;
@@ -129,7 +129,7 @@ impl Object {
 
 /// Lists the array attributes of an object that have a value.
 ///
-/// NOTE: p11-kit 0.24's RPC (p11-kit-client.so) answers CKR_DEVICE_ERROR
+/// NOTE: p11-kit 0.24's RPC (p11-kit-client.so) returns CKR_DEVICE_ERROR
 /// to any query of an array attribute, even of its length, so through it
 /// such attributes are neither seen nor copied. An attribute whose query
 /// fails is taken as absent.

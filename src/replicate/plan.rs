@@ -1,9 +1,9 @@
 //! What one destination needs: the master's objects matched with the
 //! destination's by identity, and the steps that make them equal.
 //!
-//! Steps never lose an object the master holds: a missing object is
-//! created, a differing one is replaced by creating the new one before the
-//! old one is destroyed, and objects the master lacks are removed only
+//! Steps never lose an object the master holds. A missing object is
+//! created, and a differing one is replaced by creating the new one before
+//! the old one is destroyed. Objects the master lacks are removed only
 //! after every object of the master is in place. A run killed between two
 //! steps leaves at most an extra copy, which the next run removes.
 
@@ -12,7 +12,7 @@ use super::token::TokenSession;
 use cryptoki_sys::*;
 use std::collections::BTreeMap;
 
-/// How an object of the master reaches a destination.
+/// The way an object of the master reaches a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     /// C_CreateObject from its attributes.
@@ -22,7 +22,7 @@ pub enum Route {
     Wrap(CK_MECHANISM_TYPE),
 }
 
-/// Why an object of the master cannot reach a destination.
+/// The reason an object of the master cannot reach a destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CannotTravel {
     pub rv: CK_RV,

@@ -13,7 +13,7 @@ use crate::error::Rv;
 use crate::instance::Instance;
 use cryptoki_sys::*;
 
-/// What the caller asked for.
+/// The caller's request.
 pub struct Request<'a> {
     pub master: SlotRef,
     pub destinations: Vec<SlotRef>,

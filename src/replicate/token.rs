@@ -379,7 +379,7 @@ pub fn init_token(
     ))
 }
 
-/// A mechanism without parameters.
+/// Builds a mechanism without parameters.
 pub fn plain_mechanism(mechanism: CK_MECHANISM_TYPE) -> CK_MECHANISM {
     CK_MECHANISM {
         mechanism,

@@ -14,7 +14,7 @@
 //!
 //! Every transport object is a session object, destroyed by
 //! [`Transport::close`] or, on any other path, when the transport is
-//! dropped; a process killed in between leaves none behind either, because
+//! dropped. A process killed in between leaves none behind either, because
 //! a token destroys session objects with their session.
 
 use super::attributes::Attr;
@@ -41,7 +41,7 @@ pub const DEST_MECHANISMS: &[CK_MECHANISM_TYPE] = &[CKM_RSA_PKCS_KEY_PAIR_GEN, C
 /// implements as RFC 5649; PKCS#11 3.0 names RFC 5649 CKM_AES_KEY_WRAP_KWP.
 pub const PADDED_WRAPS: &[CK_MECHANISM_TYPE] = &[CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD];
 
-/// The most bytes a secret key may have to be wrapped with RSA-OAEP
+/// The maximum length in bytes of a secret key wrapped with RSA-OAEP
 /// directly: a 3072-bit key carries 384 - 2 * 32 - 2 = 318 bytes with
 /// SHA-256, and a little more with SHA-1.
 pub const MAX_OAEP_KEY_LEN: CK_ULONG = 318;

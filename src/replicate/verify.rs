@@ -14,7 +14,7 @@ use crate::instance::Instance;
 use cryptoki_sys::*;
 use std::collections::BTreeMap;
 
-/// What the caller asked to compare.
+/// The caller's request: the tokens to compare.
 pub struct Request<'a> {
     /// Compare the members of this WLD slot.
     pub wld_slot: Option<CK_SLOT_ID>,

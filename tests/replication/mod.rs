@@ -195,13 +195,13 @@ pub struct Lab {
     _libraries: tempfile::TempDir,
 }
 
-/// What a destination HSM holds at the start.
+/// The content of a destination HSM at the start.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     /// Only SoftHSM2's free slot with an uninitialized token.
     Uninitialized,
-    /// A token with the master's label and PINs that holds one data object
-    /// the master lacks, and the free slot.
+    /// A token with the master's label and PINs that contains one data
+    /// object the master lacks, and the free slot.
     Stale,
 }
 

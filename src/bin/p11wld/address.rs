@@ -18,7 +18,7 @@ pub enum SlotArg {
     },
 }
 
-/// The most bytes of a token serial: CK_TOKEN_INFO.serialNumber.
+/// The maximum length in bytes of a token serial (CK_TOKEN_INFO.serialNumber).
 const SERIAL_LEN: usize = 16;
 
 /// Parses a positional number or a PKCS#11 URI.
@@ -91,7 +91,7 @@ pub fn parse_destinations(text: &str) -> Result<Option<Vec<SlotArg>>, String> {
     Ok(Some(slots))
 }
 
-/// What the operator expects at a position.
+/// The token the operator expects at a position.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Expected {
     pub serial: String,
@@ -221,8 +221,8 @@ fn copy_field(field: &mut [c_char], text: &str) {
     }
 }
 
-/// Shows the tokens at `positions` and asks the operator to confirm them;
-/// returns the serial seen at each.
+/// Shows the tokens at `positions` and prompts the operator to confirm
+/// them; returns the serial and module seen at each.
 fn confirm(
     positions: &[usize],
     listing: Vec<P11WLD_PHYSICAL_SLOT>,
@@ -337,8 +337,8 @@ mod tests {
         let slots = [SlotArg::Position(2)];
         let refs: Vec<&SlotArg> = slots.iter().collect();
         let expected = parse_expected(&["2=beef".into()]).unwrap();
-        let made = references(&refs, &expected, || panic!("no listing needed"), "test").unwrap();
-        assert_eq!(made[0].position, 2);
-        assert_eq!(text(&made[0].serial), "beef");
+        let built = references(&refs, &expected, || panic!("no listing needed"), "test").unwrap();
+        assert_eq!(built[0].position, 2);
+        assert_eq!(text(&built[0].serial), "beef");
     }
 }

@@ -1,4 +1,4 @@
-//! Text and JSON renderings of the module's answers.
+//! Text and JSON renderings of the module's results.
 
 use crate::address::describe_label;
 use crate::module::{text, Report};
@@ -139,12 +139,12 @@ struct ObjectJson {
 }
 
 fn object_json(object: &sys::P11WLD_OBJECT_REF) -> ObjectJson {
-    let kept = (object.id_len as usize).min(object.id.len());
-    let mut id: String = object.id[..kept]
+    let stored_len = (object.id_len as usize).min(object.id.len());
+    let mut id: String = object.id[..stored_len]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    if object.id_len as usize > kept {
+    if object.id_len as usize > stored_len {
         id.push_str("...");
     }
     ObjectJson {

@@ -30,8 +30,8 @@ fn object_ref(object: &ObjectName) -> P11WLD_OBJECT_REF {
         ..Default::default()
     };
     copy_text(&mut entry.label, &String::from_utf8_lossy(&object.label));
-    let kept = object.id.len().min(entry.id.len());
-    entry.id[..kept].copy_from_slice(&object.id[..kept]);
+    let stored_len = object.id.len().min(entry.id.len());
+    entry.id[..stored_len].copy_from_slice(&object.id[..stored_len]);
     entry
 }
 

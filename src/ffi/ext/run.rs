@@ -13,8 +13,8 @@ use crate::replicate::{run, verify};
 use cryptoki_sys::*;
 use std::ffi::CStr;
 
-/// The most slot references one call may pass; more are taken for a
-/// corrupt count.
+/// The maximum number of slot references one call may pass; more are
+/// taken for a corrupt count.
 const MAX_REFERENCES: sys::p11wld_ulong = 4096;
 
 const REPLICATE_FLAGS: sys::p11wld_ulong = sys::P11WLD_REPLICATE_DRY_RUN
