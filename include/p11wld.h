@@ -154,7 +154,8 @@ typedef struct P11WLD_PROGRESS {
     p11wld_ulong total;
 } P11WLD_PROGRESS;
 
-/* Called from the thread that called Replicate or Verify, after each step.
+/* Called from the thread that called Replicate or Verify, when the run starts,
+ * when a destination is being initialized, and after each step.
  * It must not call back into the module. */
 typedef void (*P11WLD_PROGRESS_CALLBACK)(void *context,
                                          const P11WLD_PROGRESS *progress);
@@ -237,8 +238,8 @@ typedef struct P11WLD_REPORT_INFO {
     p11wld_ulong problem_count;
     /* Token objects on the master (the reference, for Verify). */
     p11wld_ulong master_objects;
-    /* Differences found by Verify, or left after Replicate; problems of
-     * kind P11WLD_PROBLEM_MISSING to P11WLD_PROBLEM_KEY_DIFFERS. */
+    /* Differences found by Verify (problems of kind P11WLD_PROBLEM_MISSING
+     * to P11WLD_PROBLEM_KEY_DIFFERS); 0 for Replicate. */
     p11wld_ulong differences;
 } P11WLD_REPORT_INFO;
 
@@ -396,7 +397,10 @@ typedef struct P11WLD_FUNCTION_LIST {
      * CKR_TOKEN_NOT_RECOGNIZED (a destination has another label),
      * CKR_PIN_INCORRECT, CKR_KEY_UNEXTRACTABLE. Sets *report to a new
      * report whenever the arguments were readable, also on failure, and to
-     * 0 otherwise. */
+     * 0 otherwise. Checking the SO PIN needs an SO login, which a token
+     * rejects (CKR_SESSION_READ_ONLY_EXISTS) while the calling process has
+     * read-only sessions on it, so call it from a process that has none,
+     * such as the p11wld program. */
     p11wld_rv (*Replicate)(const P11WLD_REPLICATE_ARGS *args,
                            P11WLD_REPORT_HANDLE *report);
     /* Compares tokens without writing anything. Returns CKR_OK when the

@@ -7,8 +7,9 @@
 //! configuration (P11WLD_CONFIG).
 //!
 //! Exit status: 0 on success; 1 when a run fails or `verify` finds
-//! differences; 2 for invalid usage (from clap) or a module that cannot be
-//! loaded. Every failure prints one line with the reason on stderr.
+//! differences; 2 for invalid arguments (slots, URIs, positions without
+//! expected serials off a terminal) or a module that cannot be loaded.
+//! Every failure prints one line with the reason on stderr.
 
 #[path = "p11wld/address.rs"]
 mod address;
@@ -299,12 +300,8 @@ fn references(
     {
         address::check_uri_labels(slots, &module.physical_slots()?)?;
     }
-    Ok(address::references(
-        slots,
-        &expected,
-        || module.physical_slots(),
-        action,
-    )?)
+    address::references(slots, &expected, || module.physical_slots(), action)
+        .map_err(|m| Failure(m, 2))
 }
 
 fn replicate(

@@ -309,14 +309,15 @@ pub fn report_text(report: &Report) -> String {
         } else {
             &token.serial
         };
+        let verifying = report.info.kind == sys::P11WLD_REPORT_VERIFY;
+        let role = match (token.role, verifying) {
+            ("master", true) => "reference",
+            (_, true) => "compared",
+            (role, false) => role,
+        };
         out.push_str(&format!(
-            "{} position {} ({} slot {:#x}), label \"{}\", serial {serial}: {}\n",
-            token.role,
-            token.position,
-            token.module,
-            token.vendor_slot_id,
-            token.label,
-            token.status
+            "{role} position {} ({} slot {:#x}), label \"{}\", serial {serial}: {}\n",
+            token.position, token.module, token.vendor_slot_id, token.label, token.status
         ));
         if token.role == "master" {
             out.push_str(&format!("  {} objects\n", token.objects));
@@ -335,12 +336,12 @@ pub fn report_text(report: &Report) -> String {
         } else {
             let verb = if json.dry_run { "to be " } else { "" };
             out.push_str(&format!(
-                "  {verb}created {}, {verb}replaced {}, {verb}removed {} ({} wrapped), \
-                 {} unchanged, {} skipped\n",
+                "  {verb}created {}, {verb}replaced {} ({} of these keys wrapped), \
+                 {verb}removed {}, unchanged {}, skipped {}\n",
                 token.created,
                 token.replaced,
-                token.removed,
                 token.wrapped,
+                token.removed,
                 token.unchanged,
                 token.skipped
             ));
