@@ -12,7 +12,9 @@ packages=(
     p11-kit-modules # p11-kit-client.so, the client side of that socket
     opensc          # pkcs11-tool
     gnutls-bin      # p11tool, GnuTLS's PKCS#11 command-line tool
-    openssl         # RSA key generation in the demo
+    openssl         # RSA key generation in the demo; a client in tests/clients
+    libengine-pkcs11-openssl # libp11's pkcs11 engine for OpenSSL (tests/clients)
+    openjdk-17-jdk-headless  # java, javac and keytool with SunPKCS11 (tests/clients)
     libclang-dev    # libclang for bindgen in build.rs
     clang
     pkg-config
@@ -44,6 +46,12 @@ if ((${#missing[@]} > 0)); then
     fi
 
     echo "setup-debian.sh: installing ${missing[*]}"
+    # OpenJDK's post-installation step links its manual pages into
+    # /usr/share/man/man1 and fails where a minimal image has removed that
+    # directory.
+    if [[ ! -d /usr/share/man/man1 ]]; then
+        "${sudo[@]}" mkdir -p /usr/share/man/man1
+    fi
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
 fi

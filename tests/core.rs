@@ -311,46 +311,60 @@ isolated! {
         assert_eq!(rv_of(refused.unwrap_err()), RvError::SessionReadWriteSoExists);
     }
 
-    /// A session object lives on the member of the session that made it:
-    /// another session on the same WLD slot but another member gets
+    /// A session object lives on the member of the session that made it.
+    /// Another session that holds nothing on its own member moves there to
+    /// use it, as PKCS#11 lets every session of the application use it; a
+    /// session tied to another member by a session object of its own gets
     /// CKR_OBJECT_HANDLE_INVALID, never another object.
-    fn session_object_stays_on_member() {
+    fn session_object_followed_or_rejected() {
         let hsms = three_hsm_processes(false);
         let config = hsms.write_config(common::setups::DEFAULT_EXTRA);
         let _env = config.set_env();
         let pkcs11 = load_initialized(&p11wld_module());
         let slot = wld_slot(&pkcs11, WLD_LABEL);
-        let first = pkcs11.open_rw_session(slot).unwrap();
-        let second = pkcs11.open_rw_session(slot).unwrap();
-        assert_eq!(open_sessions_per_member(&pkcs11).iter().filter(|&&n| n == 1).count(), 2);
-        login(&first);
-
-        let object = first
-            .create_object(&[
+        let sessions: Vec<Session> = (0..3).map(|_| pkcs11.open_rw_session(slot).unwrap()).collect();
+        assert_eq!(open_sessions_per_member(&pkcs11), vec![1, 1, 1]);
+        login(&sessions[0]);
+        let data = |label: &[u8]| {
+            vec![
                 Attribute::Class(ObjectClass::DATA),
                 Attribute::Token(false),
-                Attribute::Label(b"scratch".to_vec()),
+                Attribute::Label(label.to_vec()),
                 Attribute::Value(b"session data".to_vec()),
-            ])
-            .unwrap();
-        let value = first.get_attributes(object, &[AttributeType::Value]).unwrap();
+            ]
+        };
+        let object = sessions[0].create_object(&data(b"scratch")).unwrap();
+        let own = sessions[2].create_object(&data(b"own")).unwrap();
+        let value = sessions[0].get_attributes(object, &[AttributeType::Value]).unwrap();
         assert_eq!(value, vec![Attribute::Value(b"session data".to_vec())]);
-        let elsewhere = second.get_attributes(object, &[AttributeType::Value]);
-        assert_eq!(rv_of(elsewhere.unwrap_err()), RvError::ObjectHandleInvalid);
-        assert!(second
-            .find_objects(&[Attribute::Label(b"scratch".to_vec())])
-            .unwrap()
-            .is_empty());
 
-        drop(first);
-        let closed = second.get_attributes(object, &[AttributeType::Label]);
+        // The free session follows the object to its member.
+        let followed = sessions[1].get_attributes(object, &[AttributeType::Value]).unwrap();
+        assert_eq!(followed, value);
+        let counts = open_sessions_per_member(&pkcs11);
+        assert_eq!(counts.iter().filter(|&&n| n == 2).count(), 1, "{counts:?}");
+        let found = sessions[1].find_objects(&[Attribute::Label(b"scratch".to_vec())]).unwrap();
+        assert_eq!(found, vec![object]);
+
+        // The tied session stays, and the object is not reachable there.
+        let tied = sessions[2].get_attributes(object, &[AttributeType::Value]);
+        assert_eq!(rv_of(tied.unwrap_err()), RvError::ObjectHandleInvalid);
+        assert!(sessions[2].find_objects(&[Attribute::Label(b"scratch".to_vec())]).unwrap().is_empty());
+        let own_value = sessions[2].get_attributes(own, &[AttributeType::Label]).unwrap();
+        assert_eq!(own_value, vec![Attribute::Label(b"own".to_vec())]);
+
+        let mut sessions = sessions.into_iter();
+        drop(sessions.next());
+        let rest: Vec<Session> = sessions.collect();
+        let closed = rest[0].get_attributes(object, &[AttributeType::Label]);
         assert_eq!(rv_of(closed.unwrap_err()), RvError::ObjectHandleInvalid);
     }
 
-    /// Two objects that share an identity on every member (same class and
-    /// label, no id, different values) each get a handle valid on their own
-    /// member only: a session on another member gets
-    /// CKR_OBJECT_HANDLE_INVALID for them instead of a guess.
+    /// Two objects that share an identity on every member (identical in
+    /// every attribute) each get a handle of their own that names the
+    /// object on its member only. A session tied to another member gets
+    /// CKR_OBJECT_HANDLE_INVALID for it instead of a guess; a free session
+    /// moves to the handle's member.
     fn colliding_identities_stay_on_member() {
         let hsms = three_hsm_processes(false);
         for hsm in &hsms.hsms {
@@ -378,6 +392,17 @@ isolated! {
         let slot = wld_slot(&pkcs11, WLD_LABEL);
         let sessions: Vec<Session> = (0..3).map(|_| pkcs11.open_ro_session(slot).unwrap()).collect();
         assert_eq!(open_sessions_per_member(&pkcs11), vec![1, 1, 1]);
+        // A session object of its own ties each session to its member.
+        for session in &sessions {
+            session
+                .create_object(&[
+                    Attribute::Class(ObjectClass::DATA),
+                    Attribute::Token(false),
+                    Attribute::Private(false),
+                    Attribute::Label(b"tie".to_vec()),
+                ])
+                .unwrap();
+        }
 
         let twins = [Attribute::Label(b"twin".to_vec())];
         let found: Vec<Vec<_>> = sessions.iter().map(|s| s.find_objects(&twins).unwrap()).collect();
@@ -397,6 +422,16 @@ isolated! {
                 }
             }
         }
+        let all: Vec<_> = found.iter().flatten().collect();
+        let mut unique = all.clone();
+        unique.sort_by_key(|h| h.handle());
+        unique.dedup();
+        assert_eq!(unique.len(), 6, "each twin on each member has a handle of its own");
+
+        // A free session follows a twin's handle to its member.
+        let free = pkcs11.open_ro_session(slot).unwrap();
+        let label = free.get_attributes(found[2][0], &[AttributeType::Label]).unwrap();
+        assert_eq!(label, vec![Attribute::Label(b"twin".to_vec())]);
     }
 
     /// A token object created through the WLD slot lands on the session's

@@ -2,11 +2,13 @@
 //! single-part, multi-part and dual-function.
 
 use super::{bytes, check_in, check_out};
+use crate::error::Result;
 use crate::instance::enter;
 use crate::mechanism::Checked;
 use crate::vendor::VendorModule;
 use crate::wld::failover::Retry;
 use crate::wld::ops::{self, OpKind};
+use crate::wld::session::Session;
 use cryptoki_sys::*;
 
 /// A vendor function with input and output buffers (C_Encrypt, C_Sign,
@@ -36,6 +38,22 @@ macro_rules! call_or_unsupported {
             None => CKR_FUNCTION_NOT_SUPPORTED,
         }
     };
+}
+
+/// Runs the argument checks of a call that ends the active operations of
+/// `kinds` when it fails. A rejected argument ends them too, as PKCS#11
+/// prescribes for every error other than CKR_BUFFER_TOO_SMALL, although
+/// the vendor never sees the call.
+fn checked<R>(
+    session: &mut Session,
+    kinds: &[OpKind],
+    check: impl FnOnce() -> Result<R>,
+) -> Result<R> {
+    check().inspect_err(|_| {
+        for &kind in kinds {
+            ops::abort(session, kind);
+        }
+    })
 }
 
 /// Starts an operation of `kind`.
@@ -80,9 +98,11 @@ unsafe fn single(
     pulOutLen: *mut CK_ULONG,
 ) -> CK_RV {
     enter(name, |instance| {
-        check_in(pIn, ulInLen)?;
-        check_out(pulOutLen)?;
         instance.session(hSession, Retry::Safe, |session| {
+            checked(session, &[kind], || {
+                check_in(pIn, ulInLen)?;
+                check_out(pulOutLen)
+            })?;
             ops::single(session, kind, name, pOut.is_null(), |module, real| {
                 call_or_unsupported!(
                     select(module.functions()),
@@ -115,10 +135,12 @@ unsafe fn update_in_out(
     pulOutLen: *mut CK_ULONG,
 ) -> CK_RV {
     enter(name, |instance| {
-        // SAFETY: forwarded from the caller's contract.
-        let data = unsafe { bytes(pIn, ulInLen) }?;
-        check_out(pulOutLen)?;
         instance.session(hSession, Retry::Safe, |session| {
+            let data = checked(session, &[kind], || {
+                check_out(pulOutLen)?;
+                // SAFETY: forwarded from the caller's contract.
+                unsafe { bytes(pIn, ulInLen) }
+            })?;
             ops::update(
                 instance,
                 session,
@@ -156,9 +178,9 @@ unsafe fn update_in(
     ulInLen: CK_ULONG,
 ) -> CK_RV {
     enter(name, |instance| {
-        // SAFETY: forwarded from the caller's contract.
-        let data = unsafe { bytes(pIn, ulInLen) }?;
         instance.session(hSession, Retry::Safe, |session| {
+            // SAFETY: forwarded from the caller's contract.
+            let data = checked(session, &[kind], || unsafe { bytes(pIn, ulInLen) })?;
             ops::update(
                 instance,
                 session,
@@ -186,8 +208,8 @@ unsafe fn final_out(
     pulOutLen: *mut CK_ULONG,
 ) -> CK_RV {
     enter(name, |instance| {
-        check_out(pulOutLen)?;
         instance.session(hSession, Retry::Safe, |session| {
+            checked(session, &[kind], || check_out(pulOutLen))?;
             ops::single(session, kind, name, pOut.is_null(), |module, real| {
                 call_or_unsupported!(select(module.functions()), real, pOut, pulOutLen)
             })
@@ -213,9 +235,11 @@ unsafe fn dual(
     pulOutLen: *mut CK_ULONG,
 ) -> CK_RV {
     enter(name, |instance| {
-        check_in(pIn, ulInLen)?;
-        check_out(pulOutLen)?;
         instance.session(hSession, Retry::Safe, |session| {
+            checked(session, &kinds, || {
+                check_in(pIn, ulInLen)?;
+                check_out(pulOutLen)
+            })?;
             ops::dual_update(session, kinds, name, |module, real| {
                 call_or_unsupported!(
                     select(module.functions()),
@@ -449,9 +473,11 @@ pub(super) unsafe extern "C" fn C_Verify(
     ulSignatureLen: CK_ULONG,
 ) -> CK_RV {
     enter("C_Verify", |instance| {
-        check_in(pData, ulDataLen)?;
-        check_in(pSignature, ulSignatureLen)?;
         instance.session(hSession, Retry::Safe, |session| {
+            checked(session, &[OpKind::Verify], || {
+                check_in(pData, ulDataLen)?;
+                check_in(pSignature, ulSignatureLen)
+            })?;
             ops::single(
                 session,
                 OpKind::Verify,
@@ -480,8 +506,10 @@ pub(super) unsafe extern "C" fn C_VerifyFinal(
     ulSignatureLen: CK_ULONG,
 ) -> CK_RV {
     enter("C_VerifyFinal", |instance| {
-        check_in(pSignature, ulSignatureLen)?;
         instance.session(hSession, Retry::Safe, |session| {
+            checked(session, &[OpKind::Verify], || {
+                check_in(pSignature, ulSignatureLen)
+            })?;
             ops::single(
                 session,
                 OpKind::Verify,

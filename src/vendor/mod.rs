@@ -310,11 +310,15 @@ fn fetch_list<T: Copy + Default>(
     let mut count: CK_ULONG = hint as CK_ULONG;
     Rv::check(call(ptr::null_mut(), &mut count))?;
     for _ in 0..8 {
-        let mut list = vec![T::default(); count as usize];
+        // One entry more than the vendor is told: p11-kit-client.so 0.24
+        // reads one entry past the list it filters (valgrind shows an
+        // 8-byte read after a C_GetMechanismList buffer), and the spare
+        // entry keeps that read inside memory the proxy owns.
+        let mut list = vec![T::default(); count as usize + 1];
         let mut filled = count;
         match call(list.as_mut_ptr(), &mut filled) {
             CKR_OK => {
-                list.truncate((filled as usize).min(list.len()));
+                list.truncate((filled as usize).min(count as usize));
                 return Ok(list);
             }
             CKR_BUFFER_TOO_SMALL => count = filled.max(count + 1),

@@ -12,6 +12,7 @@
 //! member) is lost: its next call gets CKR_DEVICE_ERROR and ends it, and the
 //! session goes on working.
 
+use super::member::Member;
 use super::ops::{ActiveOp, OpKind, OP_KINDS};
 use super::session::{release_real, Session};
 use crate::error::{Result, Rv};
@@ -20,6 +21,7 @@ use crate::instance::Instance;
 use crate::wld::login;
 use cryptoki_sys::*;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// Whether the call that met a member failure may run again elsewhere.
@@ -60,11 +62,23 @@ pub fn call<R>(
             move_session(instance, session)?;
         }
         let mut moves = 0;
+        let mut followed = false;
         loop {
+            session.pinned_elsewhere.set(None);
             let result = f(session);
             let Err(Rv(rv)) = result else {
                 return result;
             };
+            if let Some(pos) = session.pinned_elsewhere.take() {
+                // The call used an object that lives on another member
+                // only. PKCS#11 lets every session of the application use
+                // a session object, so a session free to move follows it.
+                if !followed && follow_object(instance, session, pos)? {
+                    followed = true;
+                    continue;
+                }
+                return result;
+            }
             let member_failed = !session.member.is_up() || session.is_stale();
             if !health::is_member_failure(rv) || !member_failed {
                 return result;
@@ -83,14 +97,52 @@ pub fn call<R>(
     })
 }
 
+/// Moves a movable `session` to the member at position `pos` of its slot,
+/// where an object it tried to use lives. Returns whether it moved.
+fn follow_object(instance: &Instance, session: &mut Session, pos: usize) -> Result<bool> {
+    if !session.is_movable() {
+        return Ok(false);
+    }
+    let Some(target) = session.slot.members().into_iter().find(|m| m.pos == pos) else {
+        return Ok(false);
+    };
+    if !target.is_up() {
+        return Ok(false);
+    }
+    log::debug!(
+        "session {:#x} moves to member {} to use an object that lives there only",
+        session.handle,
+        target.describe()
+    );
+    match move_session_to(instance, session, vec![target]) {
+        Ok(()) => Ok(true),
+        // The session stays where it was; the call's own error stands.
+        Err(_) => Ok(false),
+    }
+}
+
 /// Moves `session` to a healthy member. Fails with CKR_DEVICE_ERROR when
 /// no member of its slot is up.
 pub fn move_session(instance: &Instance, session: &mut Session) -> Result<()> {
+    let candidates = session.slot.candidates(instance.config.wld.policy);
+    move_session_to(instance, session, candidates)
+}
+
+/// Moves `session` to the first of `candidates` that opens a session.
+fn move_session_to(
+    instance: &Instance,
+    session: &mut Session,
+    candidates: Vec<Arc<Member>>,
+) -> Result<()> {
     let credentials = login::current(&session.slot);
-    let policy = instance.config.wld.policy;
     let (member, real) = instance
         .sessions
-        .open_on_member(&session.slot, session.flags, credentials.as_ref(), policy)
+        .open_on_candidates(
+            &session.slot,
+            candidates,
+            session.flags,
+            credentials.as_ref(),
+        )
         .map_err(|rv| {
             log::debug!(
                 "WLD slot {}: no member can take session {:#x}: {rv}",

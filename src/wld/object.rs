@@ -261,6 +261,12 @@ impl ObjectTable {
         self.resolve_slow(place, handle, entry, invalid)
     }
 
+    /// Returns the member position that `handle` is pinned to, if it is.
+    pub fn pinned_member(&self, handle: CK_OBJECT_HANDLE) -> Option<usize> {
+        let pinned = self.get(handle)?.pinned.load(Ordering::Relaxed);
+        pinned.checked_sub(1)
+    }
+
     /// Searches `place.member` for the object with the entry's identity.
     fn resolve_slow(
         &self,

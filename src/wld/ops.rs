@@ -14,6 +14,7 @@ use crate::instance::Instance;
 use crate::mechanism::{self, Checked, OwnedMechanism};
 use crate::vendor::VendorModule;
 use cryptoki_sys::*;
+use zeroize::Zeroizing;
 
 /// The kinds of operation a session can have active, one of each at most.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -248,4 +249,72 @@ pub fn with_mechanism(
         |h| session.object(objects, h, CKR_MECHANISM_PARAM_INVALID),
         call,
     )
+}
+
+/// The most output bytes [`abort`] accepts from a vendor's final call.
+const ABORT_OUTPUT_LIMIT: usize = 1 << 20;
+
+/// Calls an optional vendor function, or gives CKR_FUNCTION_NOT_SUPPORTED.
+macro_rules! call_vendor {
+    ($function:expr, $($arg:expr),*) => {
+        match $function {
+            // SAFETY: the function comes from the vendor's own list; the
+            // arguments point to buffers of `abort`, valid for the call.
+            Some(f) => unsafe { f($($arg),*) },
+            None => CKR_FUNCTION_NOT_SUPPORTED,
+        }
+    };
+}
+
+/// Ends the active operation of `kind` on the session's member, for a call
+/// that the proxy rejected before it reached the vendor (a NULL pointer
+/// with a length, a NULL output length).
+///
+/// PKCS#11 says such a call ends the operation, like every error other
+/// than CKR_BUFFER_TOO_SMALL, but a vendor that never saw it keeps the
+/// operation, and the application's next init would get
+/// CKR_OPERATION_ACTIVE. No PKCS#11 2.40 function cancels an operation, so
+/// the vendor's final call (C_SignFinal, C_DigestFinal, ...) runs it to
+/// its end into a scratch buffer that is zeroized; a verification gets a
+/// one-byte signature, which every vendor rejects and so ends it.
+pub fn abort(session: &mut Session, kind: OpKind) {
+    session.lost[kind as usize] = false;
+    if session.ops[kind as usize].take().is_none() {
+        return;
+    }
+    let list = session.module().functions();
+    let real = session.real;
+    let mut scratch = Zeroizing::new(vec![0u8; 4096]);
+    let mut signature = [0u8; 1];
+    let mut rv;
+    loop {
+        let mut len = scratch.len() as CK_ULONG;
+        let out = scratch.as_mut_ptr();
+        let sig = signature.as_mut_ptr();
+        rv = match kind {
+            OpKind::Encrypt => call_vendor!(list.C_EncryptFinal, real, out, &mut len),
+            OpKind::Decrypt => call_vendor!(list.C_DecryptFinal, real, out, &mut len),
+            OpKind::Digest => call_vendor!(list.C_DigestFinal, real, out, &mut len),
+            OpKind::Sign => call_vendor!(list.C_SignFinal, real, out, &mut len),
+            OpKind::Verify => call_vendor!(list.C_VerifyFinal, real, sig, 1),
+            OpKind::SignRecover => call_vendor!(list.C_SignRecover, real, sig, 1, out, &mut len),
+            OpKind::VerifyRecover => {
+                call_vendor!(list.C_VerifyRecover, real, sig, 1, out, &mut len)
+            }
+        };
+        let needed = len as usize;
+        if rv != CKR_BUFFER_TOO_SMALL || needed <= scratch.len() || needed > ABORT_OUTPUT_LIMIT {
+            break;
+        }
+        scratch = Zeroizing::new(vec![0u8; needed]);
+    }
+    if rv == CKR_BUFFER_TOO_SMALL {
+        log::warn!(
+            "member {}: the {} operation of session {:#x} could not be ended: its output \
+             needs more than {ABORT_OUTPUT_LIMIT} bytes",
+            session.member.describe(),
+            kind.init_name(),
+            session.handle
+        );
+    }
 }

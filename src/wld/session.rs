@@ -19,6 +19,7 @@ use crate::vcall;
 use crate::vendor::VendorModule;
 use cryptoki_sys::*;
 use parking_lot::Mutex;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -53,6 +54,10 @@ pub struct Session {
     pub lost: [bool; OP_KINDS],
     /// Counts the session's calls, to mark the one in progress.
     calls: u64,
+    /// The member position of an object that the last call could not use
+    /// because it lives on that member only (a session object another
+    /// session made). Failover moves the session there when it can.
+    pub pinned_elsewhere: Cell<Option<usize>>,
 }
 
 impl Session {
@@ -79,7 +84,24 @@ impl Session {
         handle: CK_OBJECT_HANDLE,
         invalid: CK_RV,
     ) -> Result<CK_OBJECT_HANDLE> {
-        objects.resolve(&self.place(), handle, invalid)
+        let result = objects.resolve(&self.place(), handle, invalid);
+        if result.is_err() {
+            let pinned = objects.pinned_member(handle);
+            if pinned.is_some_and(|pos| pos != self.member.pos) {
+                self.pinned_elsewhere.set(pinned);
+            }
+        }
+        result
+    }
+
+    /// Whether the session holds nothing that ties it to its member: no
+    /// session objects of its own, no active operation or search. Such a
+    /// session can move to another member without the application noticing.
+    pub fn is_movable(&self) -> bool {
+        self.objects.is_empty()
+            && self.ops.iter().all(Option::is_none)
+            && !self.find.active
+            && !self.lost.contains(&true)
     }
 
     /// Whether the real session was opened before the member's module was
@@ -246,6 +268,7 @@ impl SessionTable {
             ops: Default::default(),
             lost: [false; OP_KINDS],
             calls: 0,
+            pinned_elsewhere: Cell::new(None),
         };
         self.insert(session)
             .inspect_err(|_| login::release_session(slot, rw))
@@ -260,7 +283,17 @@ impl SessionTable {
         credentials: Option<&Credentials>,
         policy: Policy,
     ) -> Result<(Arc<Member>, CK_SESSION_HANDLE)> {
-        let candidates = slot.candidates(policy);
+        self.open_on_candidates(slot, slot.candidates(policy), flags, credentials)
+    }
+
+    /// Opens a real session on the first of `candidates` that accepts one.
+    pub fn open_on_candidates(
+        &self,
+        slot: &VirtualSlot,
+        candidates: Vec<Arc<Member>>,
+        flags: CK_FLAGS,
+        credentials: Option<&Credentials>,
+    ) -> Result<(Arc<Member>, CK_SESSION_HANDLE)> {
         let mut last = Rv(CKR_TOKEN_NOT_PRESENT);
         for member in candidates {
             match open_real(&member, flags, credentials) {

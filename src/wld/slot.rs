@@ -95,27 +95,32 @@ impl VirtualSlot {
     /// Orders the healthy members for a new session: the policy's choice
     /// first, then the others as fallbacks.
     pub fn candidates(&self, policy: Policy) -> Vec<Arc<Member>> {
-        let mut healthy = self.healthy_members();
+        let healthy = self.healthy_members();
         if healthy.len() < 2 {
             return healthy;
         }
+        // Other threads open and close sessions meanwhile, so each load is
+        // read once: a second read could disagree with the first.
+        let mut ranked: Vec<(usize, Arc<Member>)> = healthy
+            .into_iter()
+            .map(|m| (m.open_sessions.load(Ordering::Relaxed), m))
+            .collect();
         let first = match policy {
-            Policy::RoundRobin => self.next_member.fetch_add(1, Ordering::Relaxed) % healthy.len(),
+            Policy::RoundRobin => self.next_member.fetch_add(1, Ordering::Relaxed) % ranked.len(),
             Policy::LeastSessions => {
-                let load = |m: &Arc<Member>| m.open_sessions.load(Ordering::Relaxed);
-                let least = healthy.iter().map(load).min().unwrap_or(0);
-                let tied: Vec<usize> = (0..healthy.len())
-                    .filter(|&i| load(&healthy[i]) == least)
+                let least = ranked.iter().map(|(load, _)| *load).min().unwrap_or(0);
+                let tied: Vec<usize> = (0..ranked.len())
+                    .filter(|&i| ranked[i].0 == least)
                     .collect();
                 tied[rand::rng().random_range(0..tied.len())]
             }
         };
-        healthy.rotate_left(first);
+        ranked.rotate_left(first);
         if policy == Policy::LeastSessions {
             // The fallbacks, too, go to the least loaded member first.
-            healthy[1..].sort_by_key(|m| m.open_sessions.load(Ordering::Relaxed));
+            ranked[1..].sort_by_key(|(load, _)| *load);
         }
-        healthy
+        ranked.into_iter().map(|(_, m)| m).collect()
     }
 
     /// Recomputes the mechanism table from the healthy members. A slot

@@ -25,6 +25,7 @@
 // otherwise warn about the helpers and re-exports that it does not use.
 #![allow(dead_code, unused_imports)]
 
+pub mod calls;
 pub mod client;
 pub mod config;
 pub mod env;
@@ -33,8 +34,10 @@ pub mod keys;
 pub mod p11kit;
 pub mod paths;
 pub mod procfs;
+pub mod raw;
 pub mod setups;
 pub mod softhsm;
+pub mod table;
 pub mod workload;
 
 pub use config::{config_text, ConfigFile, ModuleEntry};

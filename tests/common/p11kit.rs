@@ -320,15 +320,29 @@ impl P11KitHsm {
                     self.log()
                 );
             }
+            let pgid = server.id() as i32;
+            let before: Vec<i32> = live_group_members(pgid).iter().map(|p| p.pid).collect();
             if let Ok(probe) = UnixStream::connect(&self.socket) {
                 // connect() returns once the kernel queues the connection,
                 // possibly before the server accepts it. Wait for the
                 // probe's p11-kit-remote process to start and then to exit,
-                // so that connection_count() counts only real clients.
-                let pgid = server.id() as i32;
-                let accepted = wait_for_group(pgid, SIGNAL_TIMEOUT, |members| members.len() >= 2);
+                // so that connection_count() counts only real clients. A
+                // client that connects at the same moment (p11wld's health
+                // probe) adds a process of its own, which may stay.
+                let is_new = |pid: i32| !before.contains(&pid) && pid != pgid;
+                let accepted = wait_for_group(pgid, SIGNAL_TIMEOUT, |members| {
+                    members.iter().any(|p| is_new(p.pid))
+                });
+                let new: Vec<i32> = live_group_members(pgid)
+                    .iter()
+                    .map(|p| p.pid)
+                    .filter(|&pid| is_new(pid))
+                    .collect();
                 drop(probe);
-                let idle = wait_for_group(pgid, SIGNAL_TIMEOUT, |members| members.len() <= 1);
+                // One of the new processes is the probe's; it exits now.
+                let idle = wait_for_group(pgid, SIGNAL_TIMEOUT, |members| {
+                    new.iter().any(|pid| members.iter().all(|p| p.pid != *pid))
+                });
                 assert!(
                     accepted && idle,
                     "the probe connection to HSM {} was not served and closed within {} s",
