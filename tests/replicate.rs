@@ -808,3 +808,75 @@ isolated! {
         }
     }
 }
+
+isolated! {
+    /// Reading CKA_WRAP_TEMPLATE through p11wld, which p11-kit-client.so
+    /// 0.24 answers with CKR_DEVICE_ERROR, fails that call only and leaves
+    /// every member up.
+    #[timeout(120)]
+    fn array_attribute_keeps_members_up() {
+        use cryptoki_sys::*;
+        let hsms = common::three_hsm_processes(false);
+        let config = hsms.write_config(common::setups::DEFAULT_EXTRA);
+        let _config = config.set_env();
+        let path = common::paths::p11wld_module();
+        // SAFETY: loading the module under test.
+        let library = unsafe { libloading::Library::new(&path) }.unwrap();
+        type GetFunctionList = unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV;
+        type GetExtension =
+            unsafe extern "C" fn(*mut *mut p11wld::ffi::ext::sys::P11WLD_FUNCTION_LIST) -> CK_RV;
+        // SAFETY: plain PKCS#11 calls with valid pointers, in order.
+        unsafe {
+            let get = library.get::<GetFunctionList>(b"C_GetFunctionList\0").unwrap();
+            let mut list = std::ptr::null_mut();
+            assert_eq!(get(&mut list), CKR_OK);
+            let f = &*list;
+            assert_eq!(f.C_Initialize.unwrap()(std::ptr::null_mut()), CKR_OK);
+            let mut slots = [0; 4];
+            let mut count = 4;
+            assert_eq!(f.C_GetSlotList.unwrap()(CK_TRUE, slots.as_mut_ptr(), &mut count), CKR_OK);
+            let mut session = 0;
+            let flags = CKF_SERIAL_SESSION;
+            assert_eq!(
+                f.C_OpenSession.unwrap()(slots[0], flags, std::ptr::null_mut(), None, &mut session),
+                CKR_OK
+            );
+            let pin = common::USER_PIN.as_bytes();
+            let rv = f.C_Login.unwrap()(session, CKU_USER, pin.as_ptr() as *mut _, pin.len() as CK_ULONG);
+            assert_eq!(rv, CKR_OK);
+            let mut class: CK_ULONG = CKO_SECRET_KEY;
+            let mut template = CK_ATTRIBUTE {
+                type_: CKA_CLASS,
+                pValue: (&mut class as *mut CK_ULONG).cast(),
+                ulValueLen: std::mem::size_of::<CK_ULONG>() as CK_ULONG,
+            };
+            assert_eq!(f.C_FindObjectsInit.unwrap()(session, &mut template, 1), CKR_OK);
+            let mut key = 0;
+            let mut found = 0;
+            assert_eq!(f.C_FindObjects.unwrap()(session, &mut key, 1, &mut found), CKR_OK);
+            assert_eq!(found, 1);
+            assert_eq!(f.C_FindObjectsFinal.unwrap()(session), CKR_OK);
+
+            let mut wrap_template = CK_ATTRIBUTE {
+                type_: CKA_WRAP_TEMPLATE,
+                pValue: std::ptr::null_mut(),
+                ulValueLen: 0,
+            };
+            let rv = f.C_GetAttributeValue.unwrap()(session, key, &mut wrap_template, 1);
+            assert_eq!(rv, CKR_FUNCTION_FAILED);
+
+            let get = library.get::<GetExtension>(b"P11WLD_GetFunctionList\0").unwrap();
+            let mut ext = std::ptr::null_mut();
+            assert_eq!(get(&mut ext), CKR_OK);
+            let mut members = vec![p11wld::ffi::ext::sys::P11WLD_MEMBER_STATUS::default(); 4];
+            let mut count = 4;
+            assert_eq!((*ext).GetMemberStatus.unwrap()(members.as_mut_ptr(), &mut count), CKR_OK);
+            assert_eq!(count, 3);
+            for member in &members[..3] {
+                assert_eq!(member.state, p11wld::ffi::ext::sys::P11WLD_MEMBER_UP);
+                assert_eq!(member.failures, 0);
+            }
+            assert_eq!(f.C_Finalize.unwrap()(std::ptr::null_mut()), CKR_OK);
+        }
+    }
+}
