@@ -168,7 +168,8 @@ typedef void (*P11WLD_PROGRESS_CALLBACK)(void *context,
  * rejects the whole run before anything is written. */
 #define P11WLD_REPLICATE_SKIP_UNEXTRACTABLE 0x2UL
 /* Replicate to every other member of the master's WLD slot; destinations
- * must then be NULL with destination_count 0. */
+ * must then be NULL with destination_count 0. A member that is not
+ * reachable rejects the run before anything is written. */
 #define P11WLD_REPLICATE_ALL 0x4UL
 
 typedef struct P11WLD_REPLICATE_ARGS {

@@ -220,7 +220,8 @@ fn resolve_destinations(
                 ProblemKind::Slot,
                 CKR_DEVICE_REMOVED,
                 format!(
-                    "member {} of WLD slot {wld_slot} is not reachable and is not replicated",
+                    "member {} of WLD slot {wld_slot} is not reachable, so nothing was written; \
+                     name the reachable destinations to replicate without it",
                     member.describe()
                 ),
             );

@@ -144,7 +144,8 @@ fn select(
                 ProblemKind::Slot,
                 CKR_DEVICE_REMOVED,
                 format!(
-                    "member {} of WLD slot {wld_slot} is not reachable and is not compared",
+                    "member {} of WLD slot {wld_slot} is not reachable, so the slot cannot be \
+                     verified",
                     member.describe()
                 ),
             );
