@@ -2,8 +2,9 @@
 # Runs the p11wld demo on this machine.
 #
 # Sets up three HSMs as three separate processes: three SoftHSM2 token
-# directories, each with one token labelled WLD_DEMO that contains the same
-# RSA-2048 key pair, each served by its own `p11-kit server`. libp11wld.so
+# directories, each served by its own `p11-kit server`. Only hsm1 gets a
+# token labelled WLD_DEMO with an RSA-2048 key pair; `p11wld replicate`
+# copies it to the other two, and `p11wld verify` checks them. libp11wld.so
 # reaches them through three instances of p11-kit-client.so and shows them as
 # one WLD slot. The demo then lists the slots with pkcs11-tool and runs
 # examples/demo.rs, which signs from several threads and prints how the
@@ -94,19 +95,50 @@ objectstore.backend = file
 log.level = ERROR
 slots.removable = false
 EOF
-
-    step "hsm$n: token $token_label in $dir/tokens, importing the key pair as $key_label"
-    log=$dir/setup.log
-    pkcs11_tool=(env "SOFTHSM2_CONF=$dir/softhsm2.conf" pkcs11-tool --module "$softhsm_module")
-    run_logged "$log" "${pkcs11_tool[@]}" --slot-index 0 --init-token --label "$token_label" \
-        --so-pin env:P11WLD_DEMO_SO_PIN
-    run_logged "$log" "${pkcs11_tool[@]}" --token-label "$token_label" --login --login-type so \
-        --so-pin env:P11WLD_DEMO_SO_PIN --init-pin --pin env:P11WLD_DEMO_PIN
-    run_logged "$log" "${pkcs11_tool[@]}" --token-label "$token_label" --login --pin env:P11WLD_DEMO_PIN \
-        --write-object "$work/key.der" --type privkey --id "$key_id" --label "$key_label"
-    run_logged "$log" "${pkcs11_tool[@]}" --token-label "$token_label" --login --pin env:P11WLD_DEMO_PIN \
-        --write-object "$work/pub.der" --type pubkey --id "$key_id" --label "$key_label"
 done
+
+dir=$work/hsm1
+step "hsm1 (the master): token $token_label in $dir/tokens, importing the key pair as $key_label"
+log=$dir/setup.log
+pkcs11_tool=(env "SOFTHSM2_CONF=$dir/softhsm2.conf" pkcs11-tool --module "$softhsm_module")
+run_logged "$log" "${pkcs11_tool[@]}" --slot-index 0 --init-token --label "$token_label" \
+    --so-pin env:P11WLD_DEMO_SO_PIN
+run_logged "$log" "${pkcs11_tool[@]}" --token-label "$token_label" --login --login-type so \
+    --so-pin env:P11WLD_DEMO_SO_PIN --init-pin --pin env:P11WLD_DEMO_PIN
+# Sensitive, and extractable so that replication can carry it wrapped.
+run_logged "$log" "${pkcs11_tool[@]}" --token-label "$token_label" --login --pin env:P11WLD_DEMO_PIN \
+    --write-object "$work/key.der" --type privkey --id "$key_id" --label "$key_label" \
+    --private --sensitive --extractable
+run_logged "$log" "${pkcs11_tool[@]}" --token-label "$token_label" --login --pin env:P11WLD_DEMO_PIN \
+    --write-object "$work/pub.der" --type pubkey --id "$key_id" --label "$key_label"
+
+# Replication runs before the p11-kit servers start, with each token
+# directory loaded directly from a copy of libsofthsm2.so of its own (the
+# dynamic loader maps each path once, so each copy keeps its own SoftHSM2
+# state): p11-kit-client.so 0.24 carries no AES key wrap mechanism, so a
+# sensitive private key cannot travel through it.
+setup_config=$work/p11wld-replicate.toml
+mkdir -p "$work/lib"
+for n in $(seq 1 "$hsm_count"); do
+    cp "$softhsm_module" "$work/lib/libsofthsm2-hsm$n.so"
+    cat >>"$setup_config" <<EOF
+[[module]]
+name = "hsm$n"
+path = "$work/lib/libsofthsm2-hsm$n.so"
+env = { SOFTHSM2_CONF = "$work/hsm$n/softhsm2.conf" }
+
+EOF
+done
+step "physical slots with the HSMs attached directly (p11wld list)"
+P11WLD_CONFIG=$setup_config "$cli" list --module "$module"
+master_serial=$(P11WLD_CONFIG=$setup_config "$cli" --json list --module "$module" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["serial"])')
+# Positions 0 (hsm1's token), 1 (hsm1's free slot), 2 and 3 (the free slots
+# of hsm2 and hsm3). The expected serials and modules make the run refuse
+# if the positions no longer name these tokens.
+step "replicating hsm1 (serial $master_serial) to hsm2 and hsm3 (p11wld replicate)"
+P11WLD_CONFIG=$setup_config P11WLD_SO_PIN=$P11WLD_DEMO_SO_PIN P11WLD_USER_PIN=$P11WLD_DEMO_PIN \
+    "$cli" replicate --module "$module" -s 0 -d 2,3 --expect-serial "0=$master_serial,2=@hsm2,3=@hsm3"
 
 # Starts the p11-kit server of HSM $1 in a process group of its own, so the
 # server and its per-connection processes can be killed together, and records
@@ -179,6 +211,9 @@ cat "$config"
 
 step "physical slots behind the module (p11wld list)"
 "$cli" list --module "$module"
+
+step "the three members are equal (p11wld verify)"
+P11WLD_USER_PIN=$P11WLD_DEMO_PIN "$cli" verify --module "$module"
 
 step "slots that applications see (pkcs11-tool --list-slots): one WLD slot"
 pkcs11-tool --module "$module" --list-slots

@@ -20,6 +20,7 @@ pub mod health;
 pub mod instance;
 pub mod logging;
 pub mod mechanism;
+pub mod replicate;
 pub mod template;
 pub mod vendor;
 pub mod wld;

@@ -64,7 +64,7 @@ const BOOL_ATTRIBUTES: &[CK_ATTRIBUTE_TYPE] = &[
 ];
 
 /// Attributes whose value is an array of CK_ATTRIBUTE.
-const ARRAY_ATTRIBUTES: &[CK_ATTRIBUTE_TYPE] =
+pub const ARRAY_ATTRIBUTES: &[CK_ATTRIBUTE_TYPE] =
     &[CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE, CKA_DERIVE_TEMPLATE];
 
 /// How a template is used, which decides the checks that apply.

@@ -189,13 +189,20 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
 ) -> CK_RV {
     enter("C_GetAttributeValue", |instance| {
         // SAFETY: forwarded from the caller's contract.
-        unsafe { template::borrow(pTemplate, ulCount) }?;
+        let attributes = unsafe { template::borrow(pTemplate, ulCount) }?;
+        let reads_arrays = template::touches(attributes, template::ARRAY_ATTRIBUTES);
         instance.session(hSession, Retry::Safe, |session| {
             let real = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
             let rv = vcall!(
                 session.module(),
                 C_GetAttributeValue(session.real, real, pTemplate, ulCount)
             );
+            // p11-kit-client.so 0.24 returns CKR_DEVICE_ERROR for any array
+            // attribute (CKA_WRAP_TEMPLATE and the like) from a member that
+            // works; such a member is not marked down.
+            if rv == CKR_DEVICE_ERROR && reads_arrays && session_answers(session) {
+                return Err(Rv(CKR_FUNCTION_FAILED));
+            }
             session.check("C_GetAttributeValue", rv)
         })
     })
@@ -379,4 +386,10 @@ pub(super) extern "C" fn C_FindObjectsFinal(hSession: CK_SESSION_HANDLE) -> CK_R
             session.check("C_FindObjectsFinal", rv)
         })
     })
+}
+
+/// Returns whether the member still answers on the session's real session.
+fn session_answers(session: &crate::wld::session::Session) -> bool {
+    let mut info = CK_SESSION_INFO::default();
+    vcall!(session.module(), C_GetSessionInfo(session.real, &mut info)) == CKR_OK
 }

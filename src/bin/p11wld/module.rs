@@ -1,0 +1,273 @@
+//! Loading libp11wld.so and calling it through its C ABI: the standard
+//! function list for C_Initialize and C_Finalize, and the extension for
+//! everything else.
+
+use crate::sys::{self, P11WLD_FUNCTION_LIST};
+use cryptoki_sys::*;
+use std::ffi::{c_char, CStr};
+use std::path::{Path, PathBuf};
+use std::ptr;
+
+/// The module's file name, looked up on the system library path when no
+/// copy is installed beside this program.
+const MODULE_FILE: &str = "libp11wld.so";
+
+/// Returns the module to load: `--module`, else libp11wld.so beside this
+/// program, else the bare file name, which the dynamic loader looks up.
+pub fn default_path(requested: Option<&Path>) -> PathBuf {
+    if let Some(path) = requested {
+        return path.to_owned();
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(MODULE_FILE)));
+    match beside {
+        Some(path) if path.exists() => path,
+        _ => PathBuf::from(MODULE_FILE),
+    }
+}
+
+/// A loaded and initialized libp11wld.so, finalized when dropped.
+pub struct Module {
+    functions: *const CK_FUNCTION_LIST,
+    ext: *const P11WLD_FUNCTION_LIST,
+    // Keeps the library mapped while the lists are used.
+    _library: libloading::Library,
+}
+
+/// Calls one extension function, or fails when the module's list lacks
+/// it (an older module).
+macro_rules! ext_call {
+    ($module:expr, $name:ident ( $($arg:expr),* $(,)? )) => {{
+        match $module.ext().$name {
+            // SAFETY: the entry comes from the module's extension list,
+            // valid while the library is loaded; the arguments follow
+            // include/p11wld.h.
+            Some(f) => unsafe { f($($arg),*) },
+            None => CKR_FUNCTION_NOT_SUPPORTED,
+        }
+    }};
+}
+
+impl Module {
+    /// Loads the module, calls C_Initialize and finds the extension.
+    pub fn load(path: &Path) -> Result<Module, String> {
+        // SAFETY: loading a PKCS#11 module runs its initializers, which is
+        // what the operator asked for by naming it.
+        let library = unsafe { libloading::Library::new(path) }
+            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        let functions = standard_list(&library, path)?;
+        let ext = extension_list(&library, path)?;
+        let module = Module {
+            functions,
+            ext,
+            _library: library,
+        };
+        let mut args = CK_C_INITIALIZE_ARGS {
+            CreateMutex: None,
+            DestroyMutex: None,
+            LockMutex: None,
+            UnlockMutex: None,
+            flags: CKF_OS_LOCKING_OK,
+            pReserved: ptr::null_mut(),
+        };
+        // SAFETY: the list is the module's; `args` lives across the call.
+        let initialize = unsafe { (*module.functions).C_Initialize }
+            .ok_or_else(|| format!("{} has no C_Initialize", path.display()))?;
+        // SAFETY: as above.
+        let rv = unsafe { initialize((&mut args as *mut CK_C_INITIALIZE_ARGS).cast()) };
+        if rv != CKR_OK {
+            // Dropping `module` would call C_Finalize on a module that is
+            // not initialized.
+            std::mem::forget(module);
+            return Err(format!(
+                "C_Initialize of {} failed: {} (check P11WLD_CONFIG and the module's log)",
+                path.display(),
+                p11wld::error::ckr_name(rv)
+            ));
+        }
+        Ok(module)
+    }
+
+    fn ext(&self) -> &P11WLD_FUNCTION_LIST {
+        // SAFETY: checked non-NULL at load; the list is static in the
+        // library, which `_library` keeps mapped.
+        unsafe { &*self.ext }
+    }
+
+    pub fn physical_slots(&self) -> Result<Vec<sys::P11WLD_PHYSICAL_SLOT>, String> {
+        fetch("ListPhysicalSlots", |list, count| {
+            ext_call!(self, ListPhysicalSlots(list, count))
+        })
+    }
+
+    pub fn member_status(&self) -> Result<Vec<sys::P11WLD_MEMBER_STATUS>, String> {
+        fetch("GetMemberStatus", |list, count| {
+            ext_call!(self, GetMemberStatus(list, count))
+        })
+    }
+
+    /// Runs Replicate; returns its code and its report, if it made one.
+    pub fn replicate(&self, args: &sys::P11WLD_REPLICATE_ARGS) -> (CK_RV, Option<Report>) {
+        let mut handle: sys::P11WLD_REPORT_HANDLE = 0;
+        let rv = ext_call!(self, Replicate(args, &mut handle));
+        (rv, self.take_report(handle))
+    }
+
+    /// Runs Verify; returns its code and its report, if it made one.
+    pub fn verify(&self, args: &sys::P11WLD_VERIFY_ARGS) -> (CK_RV, Option<Report>) {
+        let mut handle: sys::P11WLD_REPORT_HANDLE = 0;
+        let rv = ext_call!(self, Verify(args, &mut handle));
+        (rv, self.take_report(handle))
+    }
+
+    /// Reads a report and frees it.
+    fn take_report(&self, handle: sys::P11WLD_REPORT_HANDLE) -> Option<Report> {
+        if handle == 0 {
+            return None;
+        }
+        let mut info = sys::P11WLD_REPORT_INFO::default();
+        let rv = ext_call!(self, GetReportInfo(handle, &mut info));
+        let report = (rv == CKR_OK).then(|| Report {
+            info,
+            tokens: fetch("GetReportTokens", |list, count| {
+                ext_call!(self, GetReportTokens(handle, list, count))
+            })
+            .unwrap_or_default(),
+            actions: fetch("GetReportActions", |list, count| {
+                ext_call!(self, GetReportActions(handle, list, count))
+            })
+            .unwrap_or_default(),
+            problems: fetch("GetReportProblems", |list, count| {
+                ext_call!(self, GetReportProblems(handle, list, count))
+            })
+            .unwrap_or_default(),
+        });
+        ext_call!(self, FreeReport(handle));
+        report
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        // SAFETY: the list is the module's, and the module is initialized.
+        if let Some(finalize) = unsafe { (*self.functions).C_Finalize } {
+            // SAFETY: C_Finalize takes NULL.
+            unsafe { finalize(ptr::null_mut()) };
+        }
+    }
+}
+
+/// One report, read out of the module.
+pub struct Report {
+    pub info: sys::P11WLD_REPORT_INFO,
+    pub tokens: Vec<sys::P11WLD_TOKEN_REPORT>,
+    pub actions: Vec<sys::P11WLD_ACTION>,
+    pub problems: Vec<sys::P11WLD_PROBLEM>,
+}
+
+fn standard_list(
+    library: &libloading::Library,
+    path: &Path,
+) -> Result<*const CK_FUNCTION_LIST, String> {
+    type GetFunctionList = unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV;
+    // SAFETY: C_GetFunctionList has this signature in every PKCS#11 version.
+    let get: libloading::Symbol<'_, GetFunctionList> =
+        unsafe { library.get(b"C_GetFunctionList\0") }
+            .map_err(|e| format!("{} is not a PKCS#11 module: {e}", path.display()))?;
+    let mut list: *mut CK_FUNCTION_LIST = ptr::null_mut();
+    // SAFETY: `list` is a valid out pointer.
+    let rv = unsafe { get(&mut list) };
+    if rv != CKR_OK || list.is_null() {
+        return Err(format!(
+            "C_GetFunctionList of {} failed: {}",
+            path.display(),
+            p11wld::error::ckr_name(rv)
+        ));
+    }
+    Ok(list)
+}
+
+/// Finds the extension through C_GetInterface("p11wld"), as any PKCS#11
+/// 3.0 application would.
+fn extension_list(
+    library: &libloading::Library,
+    path: &Path,
+) -> Result<*const P11WLD_FUNCTION_LIST, String> {
+    type GetInterface = unsafe extern "C" fn(
+        *mut CK_UTF8CHAR,
+        *mut CK_VERSION,
+        *mut *mut CK_INTERFACE,
+        CK_FLAGS,
+    ) -> CK_RV;
+    // SAFETY: C_GetInterface has this signature in PKCS#11 3.0.
+    let get: libloading::Symbol<'_, GetInterface> = unsafe { library.get(b"C_GetInterface\0") }
+        .map_err(|e| {
+            format!(
+                "{} has no C_GetInterface, so it is not libp11wld.so: {e}",
+                path.display()
+            )
+        })?;
+    let name: &CStr = c"p11wld";
+    let mut interface: *mut CK_INTERFACE = ptr::null_mut();
+    // SAFETY: the name is NUL-terminated and `interface` a valid out
+    // pointer.
+    let rv = unsafe {
+        get(
+            name.as_ptr() as *mut CK_UTF8CHAR,
+            ptr::null_mut(),
+            &mut interface,
+            0,
+        )
+    };
+    if rv != CKR_OK || interface.is_null() {
+        return Err(format!(
+            "{} has no \"p11wld\" interface ({}), so it is not libp11wld.so",
+            path.display(),
+            p11wld::error::ckr_name(rv)
+        ));
+    }
+    // SAFETY: checked non-NULL; the interface is static in the library.
+    let list = unsafe { (*interface).pFunctionList } as *const P11WLD_FUNCTION_LIST;
+    if list.is_null() {
+        return Err(format!(
+            "the \"p11wld\" interface of {} has no function list",
+            path.display()
+        ));
+    }
+    Ok(list)
+}
+
+/// Reads a list by the two-call convention, retrying while it grows.
+fn fetch<T: Default + Clone>(
+    name: &str,
+    mut call: impl FnMut(*mut T, *mut sys::p11wld_ulong) -> CK_RV,
+) -> Result<Vec<T>, String> {
+    let failed = |rv| format!("{name} failed: {}", p11wld::error::ckr_name(rv));
+    let mut count: sys::p11wld_ulong = 0;
+    let rv = call(ptr::null_mut(), &mut count);
+    if rv != CKR_OK {
+        return Err(failed(rv));
+    }
+    for _ in 0..4 {
+        let mut list = vec![T::default(); count as usize];
+        let mut filled = count;
+        match call(list.as_mut_ptr(), &mut filled) {
+            CKR_OK => {
+                list.truncate(filled as usize);
+                return Ok(list);
+            }
+            CKR_BUFFER_TOO_SMALL => count = filled,
+            rv => return Err(failed(rv)),
+        }
+    }
+    Err(format!("{name} failed: the list kept growing"))
+}
+
+/// Reads a NUL-terminated text field.
+pub fn text(field: &[c_char]) -> String {
+    // SAFETY: c_char and u8 have the same size and alignment.
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(field.as_ptr().cast(), field.len()) };
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}

@@ -1,0 +1,370 @@
+//! Text and JSON renderings of the module's results.
+
+use crate::address::describe_label;
+use crate::module::{text, Report};
+use crate::sys;
+use cryptoki_sys::*;
+use p11wld::error::ckr_name;
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct SlotJson {
+    position: u64,
+    module: String,
+    vendor_slot_id: u64,
+    token_present: bool,
+    initialized: bool,
+    user_pin_initialized: bool,
+    label: String,
+    serial: String,
+    /// `None` when the token belongs to no WLD slot.
+    wld_slot: Option<u64>,
+}
+
+pub fn slots_json(slots: &[sys::P11WLD_PHYSICAL_SLOT]) -> Vec<SlotJson> {
+    slots
+        .iter()
+        .map(|s| SlotJson {
+            position: s.position,
+            module: text(&s.module_name),
+            vendor_slot_id: s.vendor_slot_id,
+            token_present: s.flags & sys::P11WLD_SLOT_TOKEN_PRESENT != 0,
+            initialized: s.flags & sys::P11WLD_SLOT_TOKEN_INITIALIZED != 0,
+            user_pin_initialized: s.flags & sys::P11WLD_SLOT_USER_PIN_INITIALIZED != 0,
+            label: text(&s.label),
+            serial: text(&s.serial),
+            wld_slot: (s.wld_slot_id != sys::P11WLD_NO_WLD_SLOT).then_some(s.wld_slot_id),
+        })
+        .collect()
+}
+
+pub fn slots_text(slots: &[sys::P11WLD_PHYSICAL_SLOT]) -> String {
+    let mut out = format!(
+        "{:>4}  {:<16} {:>10}  {:<32}  {:<16}  {}\n",
+        "POS", "MODULE", "SLOT", "LABEL", "SERIAL", "WLD SLOT"
+    );
+    for s in slots {
+        let wld = if s.wld_slot_id == sys::P11WLD_NO_WLD_SLOT {
+            "-".to_owned()
+        } else {
+            s.wld_slot_id.to_string()
+        };
+        out.push_str(&format!(
+            "{:>4}  {:<16} {:>10}  {:<32}  {:<16}  {wld}\n",
+            s.position,
+            text(&s.module_name),
+            format!("{:#x}", s.vendor_slot_id),
+            describe_label(s),
+            text(&s.serial),
+        ));
+    }
+    out
+}
+
+#[derive(Serialize)]
+pub struct MemberJson {
+    wld_slot: u64,
+    module: String,
+    vendor_slot_id: u64,
+    label: String,
+    serial: String,
+    state: &'static str,
+    open_sessions: u64,
+    total_sessions: u64,
+    failures: u64,
+    last_error: Option<&'static str>,
+}
+
+pub fn members_json(members: &[sys::P11WLD_MEMBER_STATUS]) -> Vec<MemberJson> {
+    members
+        .iter()
+        .map(|m| MemberJson {
+            wld_slot: m.wld_slot_id,
+            module: text(&m.module_name),
+            vendor_slot_id: m.vendor_slot_id,
+            label: text(&m.label),
+            serial: text(&m.serial),
+            state: if m.state == sys::P11WLD_MEMBER_UP {
+                "up"
+            } else {
+                "down"
+            },
+            open_sessions: m.open_sessions,
+            total_sessions: m.total_sessions,
+            failures: m.failures,
+            last_error: (m.last_error != CKR_OK).then(|| ckr_name(m.last_error)),
+        })
+        .collect()
+}
+
+pub fn members_text(members: &[sys::P11WLD_MEMBER_STATUS]) -> String {
+    let mut out = format!(
+        "{:>8}  {:<16} {:>10}  {:<20}  {:<16}  {:<5} {:>8} {:>8} {:>8}  {}\n",
+        "WLD SLOT",
+        "MODULE",
+        "SLOT",
+        "LABEL",
+        "SERIAL",
+        "STATE",
+        "SESSIONS",
+        "TOTAL",
+        "FAILURES",
+        "LAST ERROR"
+    );
+    for m in members_json(members) {
+        out.push_str(&format!(
+            "{:>8}  {:<16} {:>10}  {:<20}  {:<16}  {:<5} {:>8} {:>8} {:>8}  {}\n",
+            m.wld_slot,
+            m.module,
+            format!("{:#x}", m.vendor_slot_id),
+            m.label,
+            m.serial,
+            m.state,
+            m.open_sessions,
+            m.total_sessions,
+            m.failures,
+            m.last_error.unwrap_or("-"),
+        ));
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct ObjectJson {
+    class: u64,
+    #[serde(rename = "type")]
+    kind: Option<u64>,
+    label: String,
+    id: String,
+}
+
+fn object_json(object: &sys::P11WLD_OBJECT_REF) -> ObjectJson {
+    let stored_len = (object.id_len as usize).min(object.id.len());
+    let mut id: String = object.id[..stored_len]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if object.id_len as usize > stored_len {
+        id.push_str("...");
+    }
+    ObjectJson {
+        class: object.object_class,
+        kind: (object.type_ != sys::P11WLD_NO_TYPE).then_some(object.type_),
+        label: text(&object.label),
+        id,
+    }
+}
+
+#[derive(Serialize)]
+struct TokenJson {
+    role: &'static str,
+    position: u64,
+    module: String,
+    vendor_slot_id: u64,
+    label: String,
+    serial: String,
+    initialized_by_run: bool,
+    user_pin_set: bool,
+    complete: bool,
+    objects: u64,
+    created: u64,
+    replaced: u64,
+    removed: u64,
+    wrapped: u64,
+    skipped: u64,
+    unchanged: u64,
+    differences: u64,
+    status: &'static str,
+}
+
+#[derive(Serialize)]
+struct ActionJson {
+    token: u64,
+    action: &'static str,
+    object: ObjectJson,
+    wrapped: bool,
+    done: bool,
+}
+
+#[derive(Serialize)]
+struct ProblemJson {
+    token: Option<u64>,
+    kind: &'static str,
+    rv: &'static str,
+    skipped: bool,
+    object: Option<ObjectJson>,
+    attribute: Option<u64>,
+    message: String,
+}
+
+#[derive(Serialize)]
+pub struct ReportJson {
+    command: &'static str,
+    status: &'static str,
+    dry_run: bool,
+    master_objects: u64,
+    differences: u64,
+    tokens: Vec<TokenJson>,
+    actions: Vec<ActionJson>,
+    problems: Vec<ProblemJson>,
+}
+
+pub fn problem_kind(kind: sys::p11wld_ulong) -> &'static str {
+    match kind {
+        sys::P11WLD_PROBLEM_SLOT => "slot",
+        sys::P11WLD_PROBLEM_TOKEN => "token",
+        sys::P11WLD_PROBLEM_PIN => "pin",
+        sys::P11WLD_PROBLEM_CANNOT_TRAVEL => "cannot-travel",
+        sys::P11WLD_PROBLEM_FAILED => "failed",
+        sys::P11WLD_PROBLEM_CLEANUP => "cleanup",
+        sys::P11WLD_PROBLEM_MISSING => "missing",
+        sys::P11WLD_PROBLEM_EXTRA => "extra",
+        sys::P11WLD_PROBLEM_ATTRIBUTE_DIFFERS => "attribute-differs",
+        sys::P11WLD_PROBLEM_KEY_DIFFERS => "key-differs",
+        sys::P11WLD_PROBLEM_NOT_COMPARED => "not-compared",
+        _ => "unknown",
+    }
+}
+
+fn action_kind(kind: sys::p11wld_ulong) -> &'static str {
+    match kind {
+        sys::P11WLD_ACTION_CREATE => "create",
+        sys::P11WLD_ACTION_REPLACE => "replace",
+        sys::P11WLD_ACTION_REMOVE => "remove",
+        _ => "unknown",
+    }
+}
+
+pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
+    let index = |i: u64| (i != sys::P11WLD_NONE).then_some(i);
+    ReportJson {
+        command,
+        status: ckr_name(report.info.status),
+        dry_run: report.info.kind == sys::P11WLD_REPORT_REPLICATE
+            && report.info.flags & sys::P11WLD_REPLICATE_DRY_RUN != 0,
+        master_objects: report.info.master_objects,
+        differences: report.info.differences,
+        tokens: report
+            .tokens
+            .iter()
+            .map(|t| TokenJson {
+                role: if t.role == sys::P11WLD_ROLE_MASTER {
+                    "master"
+                } else {
+                    "destination"
+                },
+                position: t.position,
+                module: text(&t.module_name),
+                vendor_slot_id: t.vendor_slot_id,
+                label: text(&t.label),
+                serial: text(&t.serial),
+                initialized_by_run: t.flags & sys::P11WLD_TOKEN_INITIALIZED_BY_RUN != 0,
+                user_pin_set: t.flags & sys::P11WLD_TOKEN_USER_PIN_SET != 0,
+                complete: t.flags & sys::P11WLD_TOKEN_COMPLETE != 0,
+                objects: t.objects,
+                created: t.created,
+                replaced: t.replaced,
+                removed: t.removed,
+                wrapped: t.wrapped,
+                skipped: t.skipped,
+                unchanged: t.unchanged,
+                differences: t.differences,
+                status: ckr_name(t.status),
+            })
+            .collect(),
+        actions: report
+            .actions
+            .iter()
+            .map(|a| ActionJson {
+                token: a.token_index,
+                action: action_kind(a.kind),
+                object: object_json(&a.object),
+                wrapped: a.wrapped != 0,
+                done: a.done != 0,
+            })
+            .collect(),
+        problems: report
+            .problems
+            .iter()
+            .map(|p| ProblemJson {
+                token: index(p.token_index),
+                kind: problem_kind(p.kind),
+                rv: ckr_name(p.rv),
+                skipped: p.flags & sys::P11WLD_PROBLEM_SKIPPED != 0,
+                object: (p.flags & sys::P11WLD_PROBLEM_HAS_OBJECT != 0)
+                    .then(|| object_json(&p.object)),
+                attribute: index(p.attribute),
+                message: text(&p.message),
+            })
+            .collect(),
+    }
+}
+
+pub fn report_text(report: &Report) -> String {
+    let json = report_json("", report);
+    let mut out = String::new();
+    for token in &json.tokens {
+        let serial = if token.serial.is_empty() {
+            "(none)"
+        } else {
+            &token.serial
+        };
+        let verifying = report.info.kind == sys::P11WLD_REPORT_VERIFY;
+        let role = match (token.role, verifying) {
+            ("master", true) => "reference",
+            (_, true) => "compared",
+            (role, false) => role,
+        };
+        out.push_str(&format!(
+            "{role} position {} ({} slot {:#x}), label \"{}\", serial {serial}: {}\n",
+            token.position, token.module, token.vendor_slot_id, token.label, token.status
+        ));
+        if token.role == "master" {
+            out.push_str(&format!("  {} objects\n", token.objects));
+            continue;
+        }
+        if token.initialized_by_run {
+            out.push_str("  initialized by this run, user PIN set\n");
+        } else if token.user_pin_set {
+            out.push_str("  user PIN set by this run\n");
+        }
+        if report.info.kind == sys::P11WLD_REPORT_VERIFY {
+            out.push_str(&format!(
+                "  {} equal, {} differences\n",
+                token.unchanged, token.differences
+            ));
+        } else {
+            let verb = if json.dry_run { "to be " } else { "" };
+            out.push_str(&format!(
+                "  {verb}created {}, {verb}replaced {} ({} of these keys wrapped), \
+                 {verb}removed {}, unchanged {}, skipped {}\n",
+                token.created,
+                token.replaced,
+                token.wrapped,
+                token.removed,
+                token.unchanged,
+                token.skipped
+            ));
+        }
+    }
+    if json.dry_run {
+        for action in &json.actions {
+            out.push_str(&format!(
+                "  plan: {} {} on token {}: label \"{}\" id {}\n",
+                action.action,
+                if action.wrapped { "(wrapped)" } else { "" },
+                action.token,
+                action.object.label,
+                if action.object.id.is_empty() {
+                    "(none)"
+                } else {
+                    &action.object.id
+                }
+            ));
+        }
+    }
+    for problem in &json.problems {
+        out.push_str(&format!("{}: {}\n", problem.kind, problem.message));
+    }
+    out
+}

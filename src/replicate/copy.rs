@@ -1,0 +1,345 @@
+//! Writing one destination: initializing it when needed, then carrying
+//! out its plan.
+
+use super::attributes::{Attr, DERIVED, KEY_MATERIAL, TOKEN_SET};
+use super::objects::Object;
+use super::plan::{Plan, Route, Step};
+use super::report::{ActionKind, ObjectName, Phase, Problem, ProblemKind, Progress, Report};
+use super::slots::{self, PhysicalSlot, TokenState};
+use super::token::{init_token, TokenSession};
+use super::transport::Transport;
+use crate::error::{Result, Rv};
+use crate::vendor::VendorModule;
+use cryptoki_sys::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Builds the template that creates a copy of `object` with
+/// C_CreateObject: every attribute but the ones the token sets or computes
+/// itself.
+///
+/// Empty dates and an empty CKA_ALLOWED_MECHANISMS are left out too: they
+/// are the defaults, and p11-kit-client.so 0.24 turns an empty value of
+/// these types into CKR_ATTRIBUTE_VALUE_INVALID.
+pub fn create_template(object: &Object) -> Vec<Attr> {
+    const EMPTY_IS_DEFAULT: &[CK_ATTRIBUTE_TYPE] =
+        &[CKA_START_DATE, CKA_END_DATE, CKA_ALLOWED_MECHANISMS];
+    object
+        .attributes
+        .iter()
+        .filter(|(kind, _)| !TOKEN_SET.contains(kind) && !DERIVED.contains(kind))
+        .filter(|(kind, value)| !(value.is_empty() && EMPTY_IS_DEFAULT.contains(kind)))
+        .map(|(kind, value)| Attr {
+            kind: *kind,
+            value: value.clone(),
+        })
+        .collect()
+}
+
+/// Builds the template that unwraps a copy of `object`: the create
+/// template without the key material, which the wrapped key carries.
+pub fn unwrap_template(object: &Object) -> Vec<Attr> {
+    create_template(object)
+        .into_iter()
+        .filter(|attr| !KEY_MATERIAL.contains(&attr.kind))
+        .collect()
+}
+
+/// Builds a 32-byte label field: blank-padded, never NUL-terminated, cut at
+/// a character boundary when longer.
+pub fn label_field(label: &str) -> [u8; 32] {
+    let mut field = [b' '; 32];
+    let mut end = label.len().min(32);
+    while !label.is_char_boundary(end) {
+        end -= 1;
+    }
+    field[..end].copy_from_slice(&label.as_bytes()[..end]);
+    field
+}
+
+/// Serials of the initialized tokens of a module.
+fn initialized_serials(module: &VendorModule) -> Result<HashSet<String>> {
+    let mut serials = HashSet::new();
+    for slot_id in module.slot_list(true)? {
+        if let Some(token) = slots::token_state(module, slot_id) {
+            if token.initialized {
+                serials.insert(token.serial);
+            }
+        }
+    }
+    Ok(serials)
+}
+
+/// Initializes an uninitialized token with `label` and the SO PIN, finds
+/// it again, and sets the user PIN. Returns its slot id and state.
+///
+/// SoftHSM2 2.6.1 moves a token it initializes to a new slot id with a new
+/// serial, so the token is looked up again as the one initialized token
+/// with this label whose serial the module did not show before.
+pub fn initialize(
+    slot: &PhysicalSlot,
+    label: &str,
+    so_pin: &[u8],
+    user_pin: &[u8],
+) -> Result<(CK_SLOT_ID, TokenState)> {
+    let module = &slot.module;
+    let known = initialized_serials(module)?;
+    init_token(module, slot.slot_id, so_pin, &label_field(label))?;
+
+    let mut found = Vec::new();
+    for slot_id in module.slot_list(true)? {
+        if let Some(token) = slots::token_state(module, slot_id) {
+            if token.initialized && token.label == label && !known.contains(&token.serial) {
+                found.push((slot_id, token));
+            }
+        }
+    }
+    let (slot_id, mut token) = match found.len() {
+        1 => found.remove(0),
+        count => {
+            log::error!(
+                "module {}: {count} new tokens labelled {label} after C_InitToken on slot {}",
+                module.name,
+                slot.slot_id
+            );
+            return Err(Rv(CKR_TOKEN_NOT_RECOGNIZED));
+        }
+    };
+    set_user_pin(module, slot_id, so_pin, user_pin)?;
+    token.user_pin_initialized = true;
+    Ok((slot_id, token))
+}
+
+/// Sets the user PIN of a token whose SO PIN is `so_pin`.
+pub fn set_user_pin(
+    module: &Arc<VendorModule>,
+    slot_id: CK_SLOT_ID,
+    so_pin: &[u8],
+    user_pin: &[u8],
+) -> Result<()> {
+    let session = TokenSession::open(module, slot_id, true)?;
+    session.login(CKU_SO, so_pin)?;
+    let result = session.init_pin(user_pin);
+    let _ = session.logout();
+    result
+}
+
+/// One destination being written.
+pub struct Writer<'a> {
+    pub master: &'a TokenSession,
+    pub master_objects: &'a [Object],
+    pub dest: &'a TokenSession,
+    pub dest_objects: &'a [Object],
+    pub token: usize,
+    /// Index in the report's actions of each write, then each remove.
+    pub actions: Vec<usize>,
+}
+
+impl Writer<'_> {
+    /// Carries out `plan`. Returns whether every step succeeded.
+    pub fn run(&self, plan: &Plan, report: &mut Report, progress: &mut Progress) -> bool {
+        let needs_transport = plan.writes.iter().any(|step| {
+            matches!(
+                step,
+                Step::Create {
+                    route: Route::Wrap(_),
+                    ..
+                } | Step::Replace {
+                    route: Route::Wrap(_),
+                    ..
+                }
+            )
+        });
+        let transport = if needs_transport {
+            match Transport::open(self.master, self.dest) {
+                Ok(transport) => Some(transport),
+                Err(rv) => {
+                    report.fail(
+                        Some(self.token),
+                        ProblemKind::Failed,
+                        rv.0,
+                        format!(
+                            "{}: setting up the transport keys failed: {rv}; sensitive keys \
+                             cannot be copied",
+                            report.tokens[self.token].serial
+                        ),
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let mut all_written = true;
+        for (index, step) in plan.writes.iter().enumerate() {
+            let ok = self.write(step, transport.as_ref(), self.actions[index], report);
+            all_written &= ok;
+            progress.step(Phase::Copy, Some(self.token));
+        }
+        if let Some(transport) = transport {
+            for (on_master, rv) in transport.close() {
+                let token = if on_master { 0 } else { self.token };
+                report.fail(
+                    Some(token),
+                    ProblemKind::Cleanup,
+                    rv.0,
+                    format!(
+                        "destroying a transport session object failed: {rv}; the token \
+                         destroys it when the session closes"
+                    ),
+                );
+            }
+        }
+
+        if !all_written {
+            if !plan.removes.is_empty() {
+                report.fail(
+                    Some(self.token),
+                    ProblemKind::Failed,
+                    CKR_FUNCTION_FAILED,
+                    format!(
+                        "{}: {} objects the master lacks are kept, because not every object \
+                         of the master is in place; run the replication again",
+                        report.tokens[self.token].serial,
+                        plan.removes.len()
+                    ),
+                );
+            }
+            return false;
+        }
+        let mut all_removed = true;
+        for (offset, &d) in plan.removes.iter().enumerate() {
+            let object = &self.dest_objects[d];
+            match self.dest.destroy(object.handle) {
+                Ok(()) => {
+                    report.tokens[self.token].removed += 1;
+                    report.actions[self.actions[plan.writes.len() + offset]].done = true;
+                }
+                Err(rv) => {
+                    all_removed = false;
+                    self.object_failed(report, object, rv, "removing");
+                }
+            }
+            progress.step(Phase::Remove, Some(self.token));
+        }
+        all_removed
+    }
+
+    fn write(
+        &self,
+        step: &Step,
+        transport: Option<&Transport>,
+        action: usize,
+        report: &mut Report,
+    ) -> bool {
+        let (master, route, old) = match step {
+            Step::Create { master, route } => (*master, *route, None),
+            Step::Replace { master, route, old } => (*master, *route, Some(*old)),
+        };
+        let object = &self.master_objects[master];
+        let created = match route {
+            Route::Create => self.dest.create(&create_template(object)),
+            Route::Wrap(mechanism) => match transport {
+                Some(transport) => {
+                    transport.carry(mechanism, object.handle, &unwrap_template(object))
+                }
+                None => Err(Rv(CKR_KEY_NOT_WRAPPABLE)),
+            },
+        };
+        if let Err(rv) = created {
+            self.object_failed(report, object, rv, "copying");
+            return false;
+        }
+        let entry = &mut report.tokens[self.token];
+        if matches!(route, Route::Wrap(_)) {
+            entry.wrapped += 1;
+        }
+        match old {
+            None => entry.created += 1,
+            Some(old) => {
+                entry.replaced += 1;
+                if let Err(rv) = self.dest.destroy(old) {
+                    // The new copy is in place; the old one is now an extra
+                    // object, which the next run removes.
+                    let stale = self.dest_objects.iter().find(|o| o.handle == old);
+                    if let Some(stale) = stale {
+                        self.object_failed(report, stale, rv, "destroying the replaced copy of");
+                    }
+                }
+            }
+        }
+        report.actions[action].done = true;
+        true
+    }
+
+    fn object_failed(&self, report: &mut Report, object: &Object, rv: Rv, doing: &str) {
+        let serial = report.tokens[self.token].serial.clone();
+        report.problem(Problem {
+            token: Some(self.token),
+            kind: ProblemKind::Failed,
+            rv: rv.0,
+            object: Some(ObjectName::of(object)),
+            attribute: None,
+            skipped: false,
+            message: format!("{serial}: {doing} {} failed: {rv}", object.describe()),
+        });
+    }
+}
+
+/// Records the planned actions of one destination in the report; returns
+/// their indexes in the order [`Writer::run`] expects.
+pub fn record_plan(
+    report: &mut Report,
+    token: usize,
+    plan: &Plan,
+    master_objects: &[Object],
+    dest_objects: &[Object],
+) -> Vec<usize> {
+    let mut indexes = Vec::with_capacity(plan.steps());
+    for step in &plan.writes {
+        let (master, route, kind) = match step {
+            Step::Create { master, route } => (*master, *route, ActionKind::Create),
+            Step::Replace { master, route, .. } => (*master, *route, ActionKind::Replace),
+        };
+        indexes.push(report.actions.len());
+        report.actions.push(super::report::Action {
+            token,
+            kind,
+            object: ObjectName::of(&master_objects[master]),
+            wrapped: matches!(route, Route::Wrap(_)),
+            done: false,
+        });
+    }
+    for &d in &plan.removes {
+        indexes.push(report.actions.len());
+        report.actions.push(super::report::Action {
+            token,
+            kind: ActionKind::Remove,
+            object: ObjectName::of(&dest_objects[d]),
+            wrapped: false,
+            done: false,
+        });
+    }
+    indexes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_field_blank_padded() {
+        let field = label_field("WLD_Slot_11");
+        assert_eq!(&field[..11], b"WLD_Slot_11");
+        assert!(field[11..].iter().all(|&b| b == b' '));
+        assert!(!field.contains(&0));
+    }
+
+    #[test]
+    fn label_field_cut_at_char_boundary() {
+        let label = format!("{}é", "a".repeat(31));
+        let field = label_field(&label);
+        assert_eq!(field[31], b' ');
+    }
+}

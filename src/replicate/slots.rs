@@ -1,0 +1,229 @@
+//! Physical slots in positional order, and the slot references callers
+//! use to name them.
+
+use crate::instance::Instance;
+use crate::vendor::VendorModule;
+use crate::wld::topology::trim_padded;
+use cryptoki_sys::*;
+use std::sync::Arc;
+
+/// One physical slot of one usable module.
+#[derive(Clone)]
+pub struct PhysicalSlot {
+    /// Module order from the configuration, then the module's slot order.
+    pub position: usize,
+    pub module_index: usize,
+    pub module: Arc<VendorModule>,
+    pub slot_id: CK_SLOT_ID,
+    /// `None` when no token is present.
+    pub token: Option<TokenState>,
+    /// The WLD slot the token belongs to.
+    pub wld_slot: Option<CK_SLOT_ID>,
+}
+
+/// A token as C_GetTokenInfo reports it, padding removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenState {
+    pub label: String,
+    pub serial: String,
+    pub initialized: bool,
+    pub user_pin_initialized: bool,
+}
+
+impl PhysicalSlot {
+    pub fn serial(&self) -> &str {
+        self.token.as_ref().map_or("", |t| t.serial.as_str())
+    }
+
+    pub fn label(&self) -> &str {
+        self.token.as_ref().map_or("", |t| t.label.as_str())
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        self.token.as_ref().is_some_and(|t| t.initialized)
+    }
+
+    /// Names the slot for messages: position, module, vendor slot, serial.
+    pub fn describe(&self) -> String {
+        let serial = self.serial();
+        let serial = if serial.is_empty() { "none" } else { serial };
+        format!(
+            "position {} ({} slot {}, serial {serial})",
+            self.position, self.module.name, self.slot_id
+        )
+    }
+}
+
+/// Reads a token's state; an uninitialized token's label is empty.
+pub fn token_state(module: &VendorModule, slot_id: CK_SLOT_ID) -> Option<TokenState> {
+    let present = module
+        .slot_info(slot_id)
+        .is_ok_and(|info| info.flags & CKF_TOKEN_PRESENT != 0);
+    if !present {
+        return None;
+    }
+    let info = match module.token_info(slot_id) {
+        Ok(info) => info,
+        Err(rv) => {
+            log::warn!(
+                "module {} slot {slot_id}: C_GetTokenInfo failed: {rv}",
+                module.name
+            );
+            return None;
+        }
+    };
+    let initialized = info.flags & CKF_TOKEN_INITIALIZED != 0;
+    Some(TokenState {
+        label: if initialized {
+            trim_padded(&info.label)
+        } else {
+            String::new()
+        },
+        serial: trim_padded(&info.serialNumber),
+        initialized,
+        user_pin_initialized: info.flags & CKF_USER_PIN_INITIALIZED != 0,
+    })
+}
+
+/// Lists every physical slot of every usable module, in positional order.
+/// A module whose slot list cannot be read is left out, so the positions
+/// after it shift, as they would if its device were unplugged.
+pub fn scan(instance: &Instance) -> Vec<PhysicalSlot> {
+    let members = instance.topology.members();
+    let mut slots = Vec::new();
+    for (module_index, module) in instance.modules.iter().enumerate() {
+        if !module.is_usable() {
+            continue;
+        }
+        let ids = match module.slot_list(false) {
+            Ok(ids) => ids,
+            Err(rv) => {
+                log::warn!("module {}: C_GetSlotList failed: {rv}", module.name);
+                continue;
+            }
+        };
+        for slot_id in ids {
+            let token = token_state(module, slot_id);
+            let wld_slot = token.as_ref().and_then(|token| {
+                members
+                    .iter()
+                    .find(|m| {
+                        m.module_index == module_index
+                            && m.slot_id == slot_id
+                            && m.serial == token.serial
+                            && token.initialized
+                    })
+                    .map(|m| m.wld_slot)
+            });
+            slots.push(PhysicalSlot {
+                position: slots.len(),
+                module_index,
+                module: module.clone(),
+                slot_id,
+                token,
+                wld_slot,
+            });
+        }
+    }
+    slots
+}
+
+/// A caller's name for a physical slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotRef {
+    /// A position and the serial expected there; an empty serial expects
+    /// an uninitialized token without one. A non-empty `module` must be
+    /// the name of the position's module.
+    Position {
+        position: usize,
+        serial: String,
+        module: String,
+    },
+    /// A token serial.
+    Serial(String),
+}
+
+impl std::fmt::Display for SlotRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlotRef::Position {
+                position, serial, ..
+            } if serial.is_empty() => {
+                write!(
+                    f,
+                    "position {position} (expected: uninitialized, no serial)"
+                )
+            }
+            SlotRef::Position {
+                position, serial, ..
+            } => {
+                write!(f, "position {position} (expected serial {serial})")
+            }
+            SlotRef::Serial(serial) => write!(f, "serial {serial}"),
+        }
+    }
+}
+
+/// Finds the slot `reference` names, or explains why none matches.
+pub fn resolve<'a>(
+    slots: &'a [PhysicalSlot],
+    reference: &SlotRef,
+) -> Result<&'a PhysicalSlot, String> {
+    match reference {
+        SlotRef::Position {
+            position,
+            serial,
+            module,
+        } => {
+            let slot = slots.get(*position).ok_or_else(|| {
+                format!(
+                    "{reference}: no such position; {} physical slots are listed now",
+                    slots.len()
+                )
+            })?;
+            if !module.is_empty() && slot.module.name != *module {
+                return Err(format!(
+                    "{reference}: the slot there now belongs to module {}, not {module}; \
+                     positions shift when a device drops out, so list the slots again",
+                    slot.module.name
+                ));
+            }
+            let Some(token) = &slot.token else {
+                return Err(format!("{reference}: the slot has no token now"));
+            };
+            if token.serial != *serial {
+                let found = if token.serial.is_empty() {
+                    "no serial".to_owned()
+                } else {
+                    format!("serial {}", token.serial)
+                };
+                return Err(format!(
+                    "{reference}: the token there now has {found} ({} slot {}); positions \
+                     shift when a device drops out, so list the slots again",
+                    slot.module.name, slot.slot_id
+                ));
+            }
+            if serial.is_empty() && token.initialized {
+                return Err(format!(
+                    "{reference}: the token there is initialized (label {})",
+                    token.label
+                ));
+            }
+            Ok(slot)
+        }
+        SlotRef::Serial(serial) => {
+            if serial.is_empty() {
+                return Err("an empty serial names no token".to_owned());
+            }
+            let found: Vec<&PhysicalSlot> = slots.iter().filter(|s| s.serial() == serial).collect();
+            match found.as_slice() {
+                [slot] => Ok(slot),
+                [] => Err(format!("{reference}: no token with this serial is present")),
+                _ => Err(format!(
+                    "{reference}: {} slots show a token with this serial; name it by position",
+                    found.len()
+                )),
+            }
+        }
+    }
+}

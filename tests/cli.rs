@@ -1,0 +1,265 @@
+//! The `p11wld` program's commands, options and exit codes, and the
+//! extension called directly through the module's C ABI.
+
+mod common;
+mod replication;
+
+use replication::*;
+
+isolated! {
+    /// `list` shows every physical slot with its position, module, label
+    /// or state, and serial.
+    #[timeout(120)]
+    fn list_shows_every_slot() {
+        let lab = lab(Reach::P11Kit, &[Start::Uninitialized], |_| {});
+        let slots = list(&lab.config);
+        let positions: Vec<u64> = slots.iter().map(|s| s["position"].as_u64().unwrap()).collect();
+        assert_eq!(positions, (0..slots.len() as u64).collect::<Vec<_>>());
+        let modules: Vec<&str> = slots.iter().map(|s| s["module"].as_str().unwrap()).collect();
+        assert_eq!(modules, ["hsm1", "hsm1", "hsm2"], "hsm1: master and free slot; hsm2: free slot");
+        assert_eq!(slots[0]["label"], MASTER_LABEL);
+        assert_eq!(slots[0]["serial"], lab.master_serial.as_str());
+        assert_eq!(slots[0]["wld_slot"], 0);
+        assert_eq!(slots[2]["initialized"], false);
+        assert!(slots[2]["wld_slot"].is_null());
+
+        let output = run(&lab.config, &["list"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(MASTER_LABEL), "{text}");
+        assert!(text.contains(&lab.master_serial), "{text}");
+        assert_eq!(text.matches("<uninitialized token>").count(), 2, "{text}");
+    }
+
+    /// `status` shows each member of each WLD slot with its state.
+    #[timeout(120)]
+    fn status_shows_members() {
+        let lab = lab(Reach::P11Kit, &[Start::Stale], |_| {});
+        let output = run(&lab.config, &["--json", "status"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let members = json(&output);
+        let members = members.as_array().unwrap();
+        assert_eq!(members.len(), 2, "{members:#?}");
+        for member in members {
+            assert_eq!(member["state"], "up");
+            assert_eq!(member["label"], MASTER_LABEL);
+            assert_eq!(member["failures"], 0);
+            assert!(member["last_error"].is_null());
+        }
+        let output = run(&lab.config, &["status"], &Pins { so: None, user: None });
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(&lab.stale_serials[&1]), "{text}");
+    }
+
+    /// Off a terminal, positions without expected serials are rejected,
+    /// as are missing PINs and a URI carrying a PIN; each failure gives one
+    /// line on stderr and writes nothing.
+    #[timeout(120)]
+    fn unsafe_invocations_rejected() {
+        let lab = lab(Reach::P11Kit, &[Start::Stale], |_| {});
+        let stale = lab.stale_serials[&1].clone();
+        let none = Pins { so: None, user: None };
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        let pin_uri = format!("pkcs11:serial={}?pin-value=123456", lab.master_serial);
+        let cases: [(&[&str], &Pins, &str); 4] = [
+            (&["replicate", "-s", "0", "-d", "2"], &BOTH_PINS, "--expect-serial"),
+            (&["replicate", "-s", &master_uri, "-d", "all"], &none, "P11WLD_SO_PIN"),
+            (&["verify"], &none, "P11WLD_USER_PIN"),
+            (&["replicate", "-s", &pin_uri, "-d", "all"], &BOTH_PINS, "query attributes"),
+        ];
+        for (args, pins, reason) in cases {
+            let output = run(&lab.config, args, pins);
+            assert!(!output.status.success(), "{args:?}: {}", describe(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let lines: Vec<&str> = stderr.lines().collect();
+            assert_eq!(lines.len(), 1, "{args:?}: one line on stderr: {stderr}");
+            assert!(lines[0].contains(reason), "{args:?}: {stderr}");
+        }
+        let objects = snapshot(lab.hsms[1].softhsm(), &stale);
+        assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
+    }
+
+    /// A dry run by URIs shows the plan and writes nothing.
+    #[timeout(120)]
+    fn dry_run_writes_nothing() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let stale = lab.stale_serials[&1].clone();
+        let master_uri = format!("pkcs11:token={MASTER_LABEL};serial={}", lab.master_serial);
+        let stale_uri = format!("pkcs11:serial={stale}");
+        let args = ["replicate", "--dry-run", "-s", master_uri.as_str(), "-d", stale_uri.as_str()];
+        let mut json_args = vec!["--json"];
+        json_args.extend(args);
+        let output = run(&lab.config, &json_args, &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["dry_run"], true);
+        assert_eq!(report["tokens"][1]["created"], 7);
+        assert_eq!(report["tokens"][1]["removed"], 1);
+        assert_eq!(report["tokens"][1]["wrapped"], 3);
+        let actions = report["actions"].as_array().unwrap();
+        assert_eq!(actions.len(), 8);
+        assert!(actions.iter().all(|a| a["done"] == false), "{actions:#?}");
+        let removal = actions.iter().find(|a| a["action"] == "remove").unwrap();
+        assert_eq!(removal["object"]["label"], STALE_LABEL);
+
+        let output = run(&lab.config, &args, &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("to be created 7"), "{text}");
+        assert!(text.contains("plan: remove"), "{text}");
+        let objects = snapshot(lab.hsms[1].softhsm(), &stale);
+        assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
+    }
+}
+
+/// Calls the extension through libp11wld.so's C ABI from the test process.
+mod extension {
+    use super::replication::*;
+    use crate::common::paths;
+    use crate::isolated;
+    use cryptoki_sys::*;
+    use p11wld::ffi::ext::sys;
+    use std::ffi::c_void;
+    use std::ptr;
+
+    type GetList = unsafe extern "C" fn(*mut *mut sys::P11WLD_FUNCTION_LIST) -> CK_RV;
+    type GetInterface = unsafe extern "C" fn(
+        *mut CK_UTF8CHAR,
+        *mut CK_VERSION,
+        *mut *mut CK_INTERFACE,
+        CK_FLAGS,
+    ) -> CK_RV;
+    type GetFunctionList = unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV;
+
+    /// Records the progress calls: (phase, done, total).
+    unsafe extern "C" fn record(context: *mut c_void, progress: *const sys::P11WLD_PROGRESS) {
+        // SAFETY: the test passes a Vec as the context and the module a
+        // valid progress structure.
+        let (calls, progress) =
+            unsafe { (&mut *(context as *mut Vec<(u64, u64, u64)>), &*progress) };
+        calls.push((progress.phase, progress.done, progress.total));
+    }
+
+    fn serial_field(serial: &str) -> [std::ffi::c_char; 17] {
+        let mut field = [0; 17];
+        for (dst, src) in field.iter_mut().zip(serial.bytes()) {
+            *dst = src as std::ffi::c_char;
+        }
+        field
+    }
+
+    isolated! {
+        /// The extension is reachable both ways, checks its arguments,
+        /// reports progress, and hands out reports by the two-call
+        /// convention.
+        #[timeout(120)]
+        fn extension_through_c_abi() {
+            let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+            let _config = lab.config.set_env();
+            // SAFETY: loading the module under test.
+            let library = unsafe { libloading::Library::new(paths::p11wld_module()) }.unwrap();
+            // SAFETY: the symbols have these signatures (include/p11wld.h
+            // and PKCS#11 3.0).
+            let (get_list, get_interface, get_functions) = unsafe {
+                (
+                    library.get::<GetList>(b"P11WLD_GetFunctionList\0").unwrap(),
+                    library.get::<GetInterface>(b"C_GetInterface\0").unwrap(),
+                    library.get::<GetFunctionList>(b"C_GetFunctionList\0").unwrap(),
+                )
+            };
+            let mut list = ptr::null_mut();
+            let mut interface = ptr::null_mut();
+            let mut functions = ptr::null_mut();
+            // SAFETY: valid out pointers; the lists are static.
+            let (ext, standard) = unsafe {
+                assert_eq!(get_list(&mut list), CKR_OK);
+                assert_eq!(get_interface(c"p11wld".as_ptr() as *mut _, ptr::null_mut(), &mut interface, 0), CKR_OK);
+                assert_eq!((*interface).pFunctionList as *const _, list as *const c_void);
+                assert_eq!(get_functions(&mut functions), CKR_OK);
+                (&*list, &*functions)
+            };
+            assert_eq!((ext.version.major, ext.version.minor), (1, 1));
+
+            let mut handle: sys::P11WLD_REPORT_HANDLE = 7;
+            let args = sys::P11WLD_REPLICATE_ARGS::default();
+            // SAFETY: calls with valid or deliberately NULL pointers.
+            unsafe {
+                assert_eq!(ext.Replicate.unwrap()(&args, &mut handle), CKR_CRYPTOKI_NOT_INITIALIZED);
+                assert_eq!(standard.C_Initialize.unwrap()(ptr::null_mut()), CKR_OK);
+                assert_eq!(ext.Replicate.unwrap()(ptr::null(), &mut handle), CKR_ARGUMENTS_BAD);
+                assert_eq!(handle, 0, "no report without arguments");
+                assert_eq!(ext.Replicate.unwrap()(&args, ptr::null_mut()), CKR_ARGUMENTS_BAD);
+                let bad_flags = sys::P11WLD_REPLICATE_ARGS { flags: 0x100, ..Default::default() };
+                assert_eq!(ext.Replicate.unwrap()(&bad_flags, &mut handle), CKR_ARGUMENTS_BAD);
+                let unterminated = sys::P11WLD_REPLICATE_ARGS {
+                    master: sys::P11WLD_SLOT_REF { kind: sys::P11WLD_REF_SERIAL, position: 0, serial: [0x41; 17], module_name: [0; 64] },
+                    ..Default::default()
+                };
+                assert_eq!(ext.Replicate.unwrap()(&unterminated, &mut handle), CKR_ARGUMENTS_BAD);
+            }
+
+            let destination = sys::P11WLD_SLOT_REF {
+                kind: sys::P11WLD_REF_SERIAL,
+                serial: serial_field(&lab.stale_serials[&1]),
+                ..Default::default()
+            };
+            let mut calls: Vec<(u64, u64, u64)> = Vec::new();
+            let args = sys::P11WLD_REPLICATE_ARGS {
+                master: sys::P11WLD_SLOT_REF {
+                    kind: sys::P11WLD_REF_SERIAL,
+                    serial: serial_field(&lab.master_serial),
+                    ..Default::default()
+                },
+                destinations: &destination,
+                destination_count: 1,
+                flags: 0,
+                so_pin: crate::common::SO_PIN.as_ptr(),
+                so_pin_len: crate::common::SO_PIN.len() as u64,
+                user_pin: crate::common::USER_PIN.as_ptr(),
+                user_pin_len: crate::common::USER_PIN.len() as u64,
+                progress: Some(record),
+                progress_context: &mut calls as *mut Vec<(u64, u64, u64)> as *mut c_void,
+            };
+            // SAFETY: valid arguments that live across the calls.
+            unsafe {
+                assert_eq!(ext.Replicate.unwrap()(&args, &mut handle), CKR_OK);
+                assert_ne!(handle, 0);
+                let mut info = sys::P11WLD_REPORT_INFO::default();
+                assert_eq!(ext.GetReportInfo.unwrap()(handle, &mut info), CKR_OK);
+                assert_eq!(info.kind, sys::P11WLD_REPORT_REPLICATE);
+                assert_eq!(info.token_count, 2);
+                assert_eq!(info.action_count, 8);
+
+                let mut count = 0;
+                assert_eq!(ext.GetReportActions.unwrap()(handle, ptr::null_mut(), &mut count), CKR_OK);
+                assert_eq!(count, 8);
+                let mut actions = vec![sys::P11WLD_ACTION::default(); 8];
+                let mut short = 3;
+                assert_eq!(ext.GetReportActions.unwrap()(handle, actions.as_mut_ptr(), &mut short), CKR_BUFFER_TOO_SMALL);
+                assert_eq!(short, 8);
+                assert_eq!(ext.GetReportActions.unwrap()(handle, actions.as_mut_ptr(), &mut count), CKR_OK);
+                assert!(actions.iter().all(|a| a.done == 1));
+                let removes = actions.iter().filter(|a| a.kind == sys::P11WLD_ACTION_REMOVE).count();
+                assert_eq!(removes, 1);
+
+                let mut tokens = vec![sys::P11WLD_TOKEN_REPORT::default(); 2];
+                let mut count = 2;
+                assert_eq!(ext.GetReportTokens.unwrap()(handle, tokens.as_mut_ptr(), &mut count), CKR_OK);
+                assert_eq!(tokens[1].created, 7);
+                assert_eq!(tokens[1].wrapped, 3);
+                assert_eq!(tokens[1].removed, 1);
+                assert_ne!(tokens[1].flags & sys::P11WLD_TOKEN_COMPLETE, 0);
+
+                assert_eq!(ext.FreeReport.unwrap()(handle), CKR_OK);
+                assert_eq!(ext.FreeReport.unwrap()(handle), CKR_ARGUMENTS_BAD);
+                let mut info = sys::P11WLD_REPORT_INFO::default();
+                assert_eq!(ext.GetReportInfo.unwrap()(handle, &mut info), CKR_ARGUMENTS_BAD);
+                assert_eq!(standard.C_Finalize.unwrap()(ptr::null_mut()), CKR_OK);
+            }
+            let copies: Vec<&(u64, u64, u64)> = calls.iter().filter(|c| c.0 == sys::P11WLD_PHASE_COPY).collect();
+            assert_eq!(copies.len(), 7, "{calls:?}");
+            assert!(calls.iter().all(|c| c.1 <= c.2), "done never exceeds total: {calls:?}");
+            assert_eq!(calls.last().map(|c| (c.1, c.2)), Some((8, 8)), "{calls:?}");
+        }
+    }
+}
