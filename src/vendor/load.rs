@@ -13,14 +13,28 @@ use std::sync::Arc;
 ///
 /// RTLD_DEEPBIND keeps the vendor's internal calls to its own `C_*`
 /// functions from resolving to ours when the application loaded p11wld
-/// into the global namespace. RTLD_LOCAL keeps its symbols out of it.
+/// into the global namespace. RTLD_LOCAL keeps its symbols out of it. A
+/// process that runs under a sanitizer (ThreadSanitizer, AddressSanitizer)
+/// cannot load libraries with RTLD_DEEPBIND, so there it is left out.
 fn open_library(path: &Path) -> Result<libloading::Library, String> {
-    let flags = libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_DEEPBIND;
+    let mut flags = libc::RTLD_NOW | libc::RTLD_LOCAL;
+    if !under_sanitizer() {
+        flags |= libc::RTLD_DEEPBIND;
+    }
     // SAFETY: loading a PKCS#11 module runs its initializers, which is what
     // the configuration asks for; the path is the operator's choice.
     let library = unsafe { libloading::os::unix::Library::open(Some(path), flags) }
         .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
     Ok(library.into())
+}
+
+/// Returns whether a sanitizer runtime is in the process.
+fn under_sanitizer() -> bool {
+    [c"__tsan_init", c"__asan_init"].iter().any(|name| {
+        // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only
+        // looks the symbol up.
+        !unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }.is_null()
+    })
 }
 
 fn function_list(
