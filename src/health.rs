@@ -405,6 +405,17 @@ fn log_counters(instance: &Instance) {
     }
 }
 
+/// Returns whether `rv`, a member failure code, may also be a vendor's
+/// answer to a request it could not serve, so the member must be asked
+/// before it is marked down. The session codes, CKR_DEVICE_REMOVED and
+/// CKR_TOKEN_NOT_PRESENT name the loss themselves.
+pub fn may_be_request_error(rv: CK_RV) -> bool {
+    matches!(
+        rv,
+        CKR_GENERAL_ERROR | CKR_DEVICE_ERROR | CKR_DEVICE_MEMORY | CKR_TOKEN_NOT_RECOGNIZED
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

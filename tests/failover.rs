@@ -488,4 +488,38 @@ isolated! {
             kept.push(session);
         }
     }
+
+    /// A request the member cannot serve (a ciphertext that does not
+    /// decrypt) returns the member's own code, marks no member down and
+    /// leaves the other sessions working, although SoftHSM2 answers it with
+    /// CKR_GENERAL_ERROR, a code that also means a failed device.
+    #[timeout(120)]
+    fn request_error_marks_nothing() {
+        let s = setup();
+        let garbage = [0u8; 256];
+        let direct = {
+            let client = common::client::load_p11kit_client(&s.hsms.hsms[0].address());
+            let slot = client.get_slots_with_token().unwrap()[0];
+            let session = client.open_ro_session(slot).unwrap();
+            session.login(UserType::User, Some(&AuthPin::from(USER_PIN))).unwrap();
+            let key = find_key(&session, ObjectClass::PRIVATE_KEY, "rsa-key");
+            let error = session.decrypt(&Mechanism::RsaPkcs, key, &garbage).unwrap_err();
+            rv_of(error)
+        };
+
+        let sessions: Vec<Session> = (0..3).map(|_| s.pkcs11.open_ro_session(s.slot).unwrap()).collect();
+        for session in &sessions {
+            let error = session.decrypt(&Mechanism::RsaPkcs, s.rsa, &garbage).unwrap_err();
+            assert_eq!(rv_of(error), direct);
+        }
+        let states: Vec<u64> = member_status().iter().map(|m| m.state).collect();
+        assert_eq!(states, vec![sys::P11WLD_MEMBER_UP; 3]);
+        let failures: Vec<u64> = member_status().iter().map(|m| m.failures).collect();
+        assert_eq!(failures, vec![0, 0, 0]);
+        for session in &sessions {
+            let signature = session.sign(&Mechanism::Sha256RsaPkcs, s.rsa, b"still up").unwrap();
+            keys::verify_rsa_pkcs1_sha256(b"still up", &signature).unwrap();
+        }
+        drop(s.keeper);
+    }
 }

@@ -9,7 +9,6 @@
 
 use super::session::Session;
 use crate::error::{Result, Rv};
-use crate::health;
 use crate::instance::Instance;
 use crate::mechanism::{self, Checked, OwnedMechanism};
 use crate::vendor::VendorModule;
@@ -161,10 +160,13 @@ pub fn update(
     }
     let rv = call(session.module(), session.real);
     if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
-        if !health::is_member_failure(rv) {
+        let result = session.check(name, rv);
+        // The record stays when the member was lost, so the operation can
+        // start again on the member the session moves to.
+        if !session.lost_member() {
             session.ops[kind as usize] = None;
         }
-        return session.check(name, rv);
+        return result;
     }
     if rv == CKR_OK && !size_query {
         let limit = instance.config.health.replay_limit_bytes;
@@ -193,8 +195,10 @@ pub fn dual_update(
         take_lost(session, kind)?;
     }
     let rv = call(session.module(), session.real);
+    let result = session.check(name, rv);
+    let lost = rv != CKR_OK && session.lost_member();
     for kind in kinds {
-        if health::is_member_failure(rv) {
+        if lost {
             // Kept as it was; the dual call itself is not replayed.
         } else if rv != CKR_OK && rv != CKR_BUFFER_TOO_SMALL {
             session.ops[kind as usize] = None;
@@ -204,7 +208,7 @@ pub fn dual_update(
             op.parts = Vec::new();
         }
     }
-    session.check(name, rv)
+    result
 }
 
 /// Records the end of an operation after a single-part or final call that
@@ -216,14 +220,16 @@ pub fn finish(
     size_query: bool,
     rv: CK_RV,
 ) -> Result<()> {
-    // A member failure keeps the record, so the operation can start again
-    // on the member the session moves to.
-    let stays_active =
-        rv == CKR_BUFFER_TOO_SMALL || (rv == CKR_OK && size_query) || health::is_member_failure(rv);
+    let result = session.check(name, rv);
+    // A lost member keeps the record, so the operation can start again on
+    // the member the session moves to.
+    let stays_active = rv == CKR_BUFFER_TOO_SMALL
+        || (rv == CKR_OK && size_query)
+        || (rv != CKR_OK && session.lost_member());
     if !stays_active {
         session.ops[kind as usize] = None;
     }
-    session.check(name, rv)
+    result
 }
 
 /// Calls `call` with `mechanism` as the session's member must see it: with

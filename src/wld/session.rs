@@ -123,10 +123,38 @@ impl Session {
         if rv == CKR_OK {
             return Ok(());
         }
-        if health::is_member_failure(rv) && !self.is_stale() {
-            self.member.mark_down(call, rv);
+        if health::is_member_failure(rv) && !self.is_stale() && self.member.is_up() {
+            if self.member_answers(rv) {
+                log::debug!(
+                    "member {}: {call} returned {}, but the member answers; passed on as \
+                     an error of the request",
+                    self.member.describe(),
+                    Rv(rv)
+                );
+            } else {
+                self.member.mark_down(call, rv);
+            }
         }
         Err(Rv(rv))
+    }
+
+    /// Whether the member still answers after a call returned `rv`, which
+    /// may mean a failed device or a failed request: SoftHSM2 returns
+    /// CKR_GENERAL_ERROR for a ciphertext it cannot decrypt, and
+    /// p11-kit-client.so 0.24 CKR_DEVICE_ERROR for an attribute its RPC
+    /// cannot carry. C_GetSessionInfo on the same real session decides.
+    fn member_answers(&self, rv: CK_RV) -> bool {
+        if !health::may_be_request_error(rv) {
+            return false;
+        }
+        let mut info = CK_SESSION_INFO::default();
+        vcall!(self.member.module, C_GetSessionInfo(self.real, &mut info)) == CKR_OK
+    }
+
+    /// Whether the last call's failure took the member down, or found the
+    /// real session stale, so the session must move before going on.
+    pub fn lost_member(&self) -> bool {
+        !self.member.is_up() || self.is_stale()
     }
 }
 
