@@ -522,4 +522,83 @@ isolated! {
         }
         drop(s.keeper);
     }
+
+    /// A member that rejects the PIN the others accepted (its PIN was
+    /// changed on it alone) gets no new session while that login lasts, so
+    /// the PIN is not presented to it again with each session.
+    #[timeout(120)]
+    fn rejected_pin_not_tried_again() {
+        let hsms = three_hsm_processes(false);
+        {
+            let client = common::client::load_p11kit_client(&hsms.hsms[2].address());
+            let slot = client.get_slots_with_token().unwrap()[0];
+            let session = client.open_rw_session(slot).unwrap();
+            session.login(UserType::User, Some(&AuthPin::from(USER_PIN))).unwrap();
+            session
+                .set_pin(&AuthPin::from(USER_PIN), &AuthPin::from("654321"))
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(&hsms, &dir.path().join("p11wld.log"));
+        let _env = config.set_env();
+        let pkcs11 = load_initialized(&p11wld_module());
+        let slot = pkcs11.get_slots_with_token().unwrap()[0];
+
+        // Log in through a session on a member that accepts the PIN, with
+        // sessions open on every member.
+        let sessions: Vec<Session> = (0..3).map(|_| pkcs11.open_ro_session(slot).unwrap()).collect();
+        let mut logged_in = false;
+        for session in &sessions {
+            if session.login(UserType::User, Some(&AuthPin::from(USER_PIN))).is_ok() {
+                logged_in = true;
+                break;
+            }
+        }
+        assert!(logged_in);
+        let before = member_status()[2].open_sessions;
+        let opened: Vec<Session> = (0..9).map(|_| pkcs11.open_ro_session(slot).unwrap()).collect();
+        let status = member_status();
+        assert_eq!(status[2].open_sessions, before, "no new session on the member that rejected the PIN");
+        assert_eq!(status[0].open_sessions + status[1].open_sessions, 9 + 3 - before);
+        for session in &opened {
+            assert_eq!(session.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)]).unwrap().len(), 2);
+        }
+    }
+
+    /// Sessions opened while another thread logs in end up logged in on
+    /// their members, whichever thread gets there first.
+    #[timeout(180)]
+    fn sessions_opened_during_login_are_logged_in() {
+        let hsms = three_hsm_processes(false);
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(&hsms, &dir.path().join("p11wld.log"));
+        let _env = config.set_env();
+        let pkcs11 = load_initialized(&p11wld_module());
+        let slot = pkcs11.get_slots_with_token().unwrap()[0];
+        let private_keys = [Attribute::Class(ObjectClass::PRIVATE_KEY)];
+        for round in 0..30 {
+            let keeper = pkcs11.open_ro_session(slot).unwrap();
+            let barrier = std::sync::Barrier::new(4);
+            let opened: Vec<Session> = std::thread::scope(|scope| {
+                let openers: Vec<_> = (0..3)
+                    .map(|_| {
+                        let (pkcs11, barrier) = (&pkcs11, &barrier);
+                        scope.spawn(move || {
+                            barrier.wait();
+                            pkcs11.open_ro_session(slot).unwrap()
+                        })
+                    })
+                    .collect();
+                barrier.wait();
+                keeper.login(UserType::User, Some(&AuthPin::from(USER_PIN))).unwrap();
+                openers.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            for session in &opened {
+                let found = session.find_objects(&private_keys).unwrap();
+                assert_eq!(found.len(), 2, "round {round}: a session opened during the login is logged out");
+            }
+            drop(opened);
+            drop(keeper);
+        }
+    }
 }

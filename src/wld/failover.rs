@@ -18,7 +18,6 @@ use super::session::{release_real, Session};
 use crate::error::{Result, Rv};
 use crate::health;
 use crate::instance::Instance;
-use crate::wld::login;
 use cryptoki_sys::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -134,15 +133,9 @@ fn move_session_to(
     session: &mut Session,
     candidates: Vec<Arc<Member>>,
 ) -> Result<()> {
-    let credentials = login::current(&session.slot);
     let (member, real) = instance
         .sessions
-        .open_on_candidates(
-            &session.slot,
-            candidates,
-            session.flags,
-            credentials.as_ref(),
-        )
+        .open_on_candidates(&session.slot, candidates, session.flags)
         .map_err(|rv| {
             log::debug!(
                 "WLD slot {}: no member can take session {:#x}: {rv}",

@@ -151,6 +151,14 @@ pub fn reconcile(slot: &VirtualSlot, member: &Member) {
     member.object_handles_dropped();
 }
 
+/// Whether `rv` says that a member rejected a PIN.
+pub fn is_pin_error(rv: CK_RV) -> bool {
+    matches!(
+        rv,
+        CKR_PIN_INCORRECT | CKR_PIN_INVALID | CKR_PIN_LEN_RANGE | CKR_PIN_EXPIRED | CKR_PIN_LOCKED
+    )
+}
+
 /// Returns the credentials a member must be logged in with, if any.
 pub fn current(slot: &VirtualSlot) -> Option<Credentials> {
     slot.login.lock().credentials()
@@ -215,11 +223,14 @@ pub fn login(
         if std::ptr::eq(other.as_ref(), member) || !other.is_up() {
             continue;
         }
-        if other.open_sessions.load(Ordering::Acquire) == 0 && !other.has_service() {
+        if other.open_sessions.load(Ordering::SeqCst) == 0 && !other.has_service() {
             // Logged in when it gets its first session.
             continue;
         }
         if let Err(rv) = other.with_service(|service| credentials.apply(&other, service)) {
+            if is_pin_error(rv.0) {
+                other.login_rejected.store(epoch, Ordering::Release);
+            }
             log::error!(
                 "WLD slot {} ({}): login on member {} failed with {rv} after member {} \
                  accepted the PIN; its sessions stay logged out until the members are \

@@ -42,6 +42,10 @@ pub struct Member {
     /// The login epoch of the WLD slot that this member is logged in at;
     /// 0 when it is not logged in.
     pub login_epoch: AtomicU64,
+    /// The login epoch at which the member rejected the application's PIN
+    /// that another member accepted; 0 when it did not. New sessions avoid
+    /// the member while that login lasts.
+    pub login_rejected: AtomicU64,
     /// A session of the proxy's own on the member, for resolving object
     /// handles, logging in and out while the application's sessions are
     /// busy. Its lock is taken only on those slow paths.
@@ -114,6 +118,7 @@ impl Member {
             failures: AtomicU64::new(0),
             last_error: AtomicU64::new(0),
             login_epoch: AtomicU64::new(0),
+            login_rejected: AtomicU64::new(0),
             service: Mutex::new(None),
             handles: RwLock::new(FxHashMap::default()),
             handle_epoch: AtomicU64::new(0),

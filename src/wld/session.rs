@@ -7,7 +7,7 @@
 //! so a closed handle stays invalid after its slot is reused.
 
 use super::find::FindState;
-use super::login::{self, Credentials};
+use super::login;
 use super::member::Member;
 use super::object::{ObjectTable, Place};
 use super::ops::{ActiveOp, OP_KINDS};
@@ -275,8 +275,8 @@ impl SessionTable {
             return Err(Rv(CKR_SESSION_PARALLEL_NOT_SUPPORTED));
         }
         let rw = flags & CKF_RW_SESSION != 0;
-        let credentials = login::reserve_session(slot, rw)?;
-        let opened = self.open_on_member(slot, flags, credentials.as_ref(), policy);
+        login::reserve_session(slot, rw)?;
+        let opened = self.open_on_member(slot, flags, policy);
         let (member, real) = match opened {
             Ok(found) => found,
             Err(rv) => {
@@ -308,29 +308,34 @@ impl SessionTable {
         &self,
         slot: &VirtualSlot,
         flags: CK_FLAGS,
-        credentials: Option<&Credentials>,
         policy: Policy,
     ) -> Result<(Arc<Member>, CK_SESSION_HANDLE)> {
-        self.open_on_candidates(slot, slot.candidates(policy), flags, credentials)
+        self.open_on_candidates(slot, slot.candidates(policy), flags)
     }
 
     /// Opens a real session on the first of `candidates` that accepts one.
+    /// A member that rejected the application's PIN at this login is left
+    /// out, so the PIN is not presented to it again and again.
     pub fn open_on_candidates(
         &self,
         slot: &VirtualSlot,
         candidates: Vec<Arc<Member>>,
         flags: CK_FLAGS,
-        credentials: Option<&Credentials>,
     ) -> Result<(Arc<Member>, CK_SESSION_HANDLE)> {
+        let epoch = login::current(slot).map(|c| c.epoch);
         let mut last = Rv(CKR_TOKEN_NOT_PRESENT);
         for member in candidates {
-            match open_real(&member, flags, credentials) {
+            if epoch.is_some_and(|e| member.login_rejected.load(Ordering::Acquire) == e) {
+                last = Rv(CKR_PIN_INCORRECT);
+                continue;
+            }
+            match open_real(slot, &member, flags) {
                 Ok(real) => return Ok((member, real)),
                 Err(rv) if health::is_member_failure(rv.0) => {
                     member.mark_down("C_OpenSession", rv.0);
                     last = rv;
                 }
-                Err(rv) if rv.0 == CKR_SESSION_COUNT || rv.0 == CKR_PIN_INCORRECT => {
+                Err(rv) if rv.0 == CKR_SESSION_COUNT || login::is_pin_error(rv.0) => {
                     // A member that is full, or that rejects the PIN the
                     // others accepted, is skipped for this session.
                     last = rv;
@@ -474,33 +479,43 @@ pub fn release_real(member: &Member, real: CK_SESSION_HANDLE, stale: bool) {
     }
 }
 
-/// Opens a real session on `member` and logs it in with `credentials`.
-fn open_real(
-    member: &Member,
-    flags: CK_FLAGS,
-    credentials: Option<&Credentials>,
-) -> Result<CK_SESSION_HANDLE> {
+/// Opens a real session on `member` and logs it in as the application is
+/// logged in on `slot`.
+///
+/// The login state is read after the real session is counted, so a
+/// C_Login in another thread either sees this member's session and logs it
+/// in, or has finished and is seen here. A login or logout that ends while
+/// this one applies the PIN is caught by reading the state again.
+fn open_real(slot: &VirtualSlot, member: &Member, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
     let real = member.open_session(flags)?;
-    member.open_sessions.fetch_add(1, Ordering::AcqRel);
+    member.open_sessions.fetch_add(1, Ordering::SeqCst);
     member.total_sessions.fetch_add(1, Ordering::Relaxed);
-    let Some(credentials) = credentials else {
-        return Ok(real);
-    };
-    if member.login_epoch.load(Ordering::Acquire) == credentials.epoch {
-        return Ok(real);
-    }
-    match credentials.apply(member, real) {
-        Ok(()) => Ok(real),
-        Err(rv) => {
+    for _ in 0..3 {
+        let Some(credentials) = login::current(slot) else {
+            // Logged out meanwhile: a member logged in at an older epoch
+            // is logged out.
+            login::reconcile(slot, member);
+            return Ok(real);
+        };
+        if member.login_epoch.load(Ordering::Acquire) == credentials.epoch {
+            return Ok(real);
+        }
+        if let Err(rv) = credentials.apply(member, real) {
             log::error!(
                 "member {}: login with the WLD slot's PIN failed: {rv}",
                 member.describe()
             );
+            if login::is_pin_error(rv.0) {
+                member
+                    .login_rejected
+                    .store(credentials.epoch, Ordering::Release);
+            }
             let _ = vcall!(member.module, C_CloseSession(real));
             member.open_sessions.fetch_sub(1, Ordering::AcqRel);
-            Err(rv)
+            return Err(rv);
         }
     }
+    Ok(real)
 }
 
 #[cfg(test)]
