@@ -289,6 +289,10 @@ fn spawn_probe(pointer: InstancePtr, index: usize) {
 /// serial.
 pub fn probe_module(instance: &Instance, index: usize) {
     let module = &instance.modules[index];
+    if module.is_initializing() {
+        // Its first C_Initialize has not returned yet.
+        return;
+    }
     let members: Vec<Arc<Member>> = instance
         .topology
         .members()
@@ -329,9 +333,12 @@ pub fn probe_module(instance: &Instance, index: usize) {
             instance.objects.forget_member(member);
             member.next_generation();
         }
+    }
+    if reinitialize || members.is_empty() {
+        // Only this module is scanned: another one may hang.
         instance
             .topology
-            .refresh(&instance.config, &instance.modules);
+            .refresh_modules(&instance.config, &instance.modules, &[index]);
     }
 
     for member in members.iter().filter(|m| !m.is_up()) {

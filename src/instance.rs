@@ -48,13 +48,16 @@ impl Instance {
         threads: bool,
     ) -> std::result::Result<Instance, String> {
         let modules = vendor::load_modules(&config)?;
-        for module in &modules {
-            if let Err(rv) = module.initialize(after_fork) {
-                log::error!(
-                    "module {}: C_Initialize failed: {rv}; its tokens stay unavailable until \
-                     it answers",
-                    module.name
-                );
+        let deadline = Duration::from_millis(config.health.call_deadline_ms);
+        if threads {
+            initialize_within(&modules, after_fork, deadline);
+        } else {
+            // NOTE: without threads of its own, the module cannot bound a
+            // vendor's C_Initialize: a stopped HSM process blocks this call.
+            for module in &modules {
+                if let Err(rv) = module.initialize(after_fork) {
+                    log_init_failure(module, rv);
+                }
             }
         }
         let instance = Instance {
@@ -121,6 +124,66 @@ impl Instance {
                 "{call} changed a token object on one member of a WLD slot only; the members \
                  differ until they are replicated (p11wld replicate)"
             );
+        }
+    }
+}
+
+fn log_init_failure(module: &VendorModule, rv: Rv) {
+    log::error!(
+        "module {}: C_Initialize failed: {rv}; its tokens stay unavailable until it answers",
+        module.name
+    );
+}
+
+/// Initializes every module, each in a thread of its own, and waits for
+/// them at most `deadline` in all. A module whose C_Initialize has not
+/// returned by then (a stopped HSM process) starts out unavailable; its
+/// thread finishes the call whenever the vendor returns, and the health
+/// thread scans its tokens afterwards.
+fn initialize_within(modules: &[Arc<VendorModule>], after_fork: bool, deadline: Duration) {
+    let started = Instant::now();
+    let pending: Vec<_> = modules
+        .iter()
+        .map(|module| {
+            let (done, result) = std::sync::mpsc::channel();
+            let worker = module.clone();
+            module.set_initializing(true);
+            let spawned = std::thread::Builder::new()
+                .name("p11wld-init".into())
+                .spawn(move || {
+                    let outcome = worker.initialize(after_fork);
+                    worker.set_initializing(false);
+                    // The receiver is gone when the deadline passed.
+                    let _ = done.send(outcome);
+                });
+            if let Err(e) = spawned {
+                log::warn!(
+                    "cannot start a thread to initialize module {}: {e}",
+                    module.name
+                );
+                let outcome = module.initialize(after_fork);
+                module.set_initializing(false);
+                return (module, Some(outcome), None);
+            }
+            (module, None, Some(result))
+        })
+        .collect();
+    for (module, outcome, result) in pending {
+        let outcome = match (outcome, result) {
+            (Some(outcome), _) => Some(outcome),
+            (None, Some(result)) => result
+                .recv_timeout(deadline.saturating_sub(started.elapsed()))
+                .ok(),
+            (None, None) => None,
+        };
+        match outcome {
+            Some(Ok(())) => {}
+            Some(Err(rv)) => log_init_failure(module, rv),
+            None => log::error!(
+                "module {}: C_Initialize did not return within {deadline:?}; its tokens stay \
+                 unavailable until it does",
+                module.name
+            ),
         }
     }
 }

@@ -601,4 +601,31 @@ isolated! {
             drop(keeper);
         }
     }
+
+    /// An HSM that is stopped (SIGSTOP) when the application initializes
+    /// the module does not block C_Initialize past the call deadline, and
+    /// joins its WLD slot once it continues.
+    #[timeout(120)]
+    fn stopped_member_at_start_does_not_block() {
+        let hsms = three_hsm_processes(false);
+        hsms.hsms[1].stop();
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(&hsms, &dir.path().join("p11wld.log"));
+        let _env = config.set_env();
+        let started = Instant::now();
+        let pkcs11 = load_initialized(&p11wld_module());
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "C_Initialize took {took:?}");
+        let slot = pkcs11.get_slots_with_token().unwrap()[0];
+        assert_eq!(member_status().len(), 2);
+        let session = pkcs11.open_ro_session(slot).unwrap();
+        drop(session);
+
+        hsms.hsms[1].cont();
+        let started = Instant::now();
+        while member_status().len() < 3 {
+            assert!(started.elapsed() < 6 * PROBE_INTERVAL, "the continued member never joined");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -42,6 +42,7 @@ fn function_list(
     name: &str,
     path: &Path,
     env: &[(String, String)],
+    lease: std::time::Duration,
 ) -> Result<*const CK_FUNCTION_LIST, String> {
     // SAFETY: C_GetFunctionList has this signature in every PKCS#11 version.
     let get: libloading::Symbol<'_, unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
@@ -53,7 +54,7 @@ fn function_list(
         })?;
     let mut list: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
     // SAFETY: `list` is a valid out pointer for the call.
-    let rv = with_env(env, || unsafe { get(&mut list) });
+    let rv = with_env(env, lease, || unsafe { get(&mut list) });
     if rv != CKR_OK {
         return Err(format!(
             "module {name}: C_GetFunctionList returned {}",
@@ -73,6 +74,9 @@ fn function_list(
 pub fn load_modules(config: &Config) -> Result<Vec<Arc<VendorModule>>, String> {
     let mut libraries: HashMap<PathBuf, Arc<libloading::Library>> = HashMap::new();
     let mut modules: Vec<Arc<VendorModule>> = Vec::new();
+    // A quarter of the call deadline, so modules that wait for a hung one
+    // still initialize within the deadline that C_Initialize keeps.
+    let lease = std::time::Duration::from_millis((config.health.call_deadline_ms / 4).max(100));
 
     for entry in &config.modules {
         let name = entry.name.get_ref().clone();
@@ -97,7 +101,7 @@ pub fn load_modules(config: &Config) -> Result<Vec<Arc<VendorModule>>, String> {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let list = function_list(&library, &name, &path, &env)?;
+        let list = function_list(&library, &name, &path, &env, lease)?;
         if let Some(other) = modules.iter().find(|m| m.list_ptr() == list) {
             return Err(format!(
                 "modules {} and {name} resolve to the same instance of {}; \
@@ -115,6 +119,8 @@ pub fn load_modules(config: &Config) -> Result<Vec<Arc<VendorModule>>, String> {
             list,
             usable: AtomicBool::new(false),
             owns_init: AtomicBool::new(false),
+            initializing: AtomicBool::new(false),
+            env_lease: lease,
             _library: library,
         }));
     }

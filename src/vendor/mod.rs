@@ -44,6 +44,13 @@ pub struct VendorModule {
     /// instance that the application had initialized itself before is used
     /// as it is and left initialized.
     owns_init: AtomicBool,
+    /// Whether a C_Initialize of the instance is still running, past the
+    /// call deadline; nothing else may initialize it meanwhile.
+    initializing: AtomicBool,
+    /// How long the instance's environment variables may stay set for one
+    /// call before another module takes them over: a quarter of the call
+    /// deadline.
+    env_lease: std::time::Duration,
     // Keeps the shared object loaded while `list` is in use.
     _library: std::sync::Arc<libloading::Library>,
 }
@@ -72,6 +79,15 @@ impl VendorModule {
 
     pub fn list_ptr(&self) -> *const CK_FUNCTION_LIST {
         self.list
+    }
+
+    /// Whether a C_Initialize of the instance is still running.
+    pub fn is_initializing(&self) -> bool {
+        self.initializing.load(Ordering::Acquire)
+    }
+
+    pub fn set_initializing(&self, running: bool) {
+        self.initializing.store(running, Ordering::Release);
     }
 
     /// Whether the instance is initialized and was answering last time.
@@ -137,7 +153,9 @@ impl VendorModule {
             pReserved: ptr::null_mut(),
         };
         let args_ptr: *mut CK_C_INITIALIZE_ARGS = &mut args;
-        env::with_env(&self.env, || vcall!(self, C_Initialize(args_ptr.cast())))
+        env::with_env(&self.env, self.env_lease, || {
+            vcall!(self, C_Initialize(args_ptr.cast()))
+        })
     }
 
     /// Finalizes the instance if p11wld initialized it.
