@@ -216,11 +216,17 @@ impl Config {
             if module.path.get_ref().as_os_str().is_empty() {
                 return Err(invalid(module.path.span(), "module path is empty".into()));
             }
-            for key in module.env.keys() {
+            for (key, value) in &module.env {
                 if key.is_empty() || key.contains('=') || key.contains('\0') {
                     return Err(invalid(
                         module.name.span(),
                         format!("module {name:?} has an invalid env variable name {key:?}"),
+                    ));
+                }
+                if value.contains('\0') {
+                    return Err(invalid(
+                        module.name.span(),
+                        format!("module {name:?}: env variable {key} contains a NUL character"),
                     ));
                 }
             }
@@ -252,7 +258,7 @@ impl Config {
             ("call_deadline_ms", self.health.call_deadline_ms),
         ] {
             if value == 0 {
-                let at = text.find(key).unwrap_or(0);
+                let at = key_offset(text, key);
                 return Err(invalid(at..at, format!("[health] {key} must be above 0")));
             }
         }
@@ -302,6 +308,19 @@ fn check_label(label: &Spanned<String>) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Returns the offset of the line that sets `key` (`key = ...`), or 0.
+fn key_offset(text: &str, key: &str) -> usize {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let rest = line.trim_start().strip_prefix(key);
+        if rest.is_some_and(|r| r.trim_start().starts_with('=')) {
+            return offset;
+        }
+        offset += line.len();
+    }
+    0
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -432,6 +451,25 @@ file = "/tmp/p11wld.log"
     fn no_module_rejected() {
         assert!(parse("module = []\n").is_err());
         assert!(parse("[log]\nlevel = \"info\"\n").is_err());
+    }
+
+    #[test]
+    fn zero_interval_named_at_its_line() {
+        let err = parse(
+            "# probe_interval_ms is in milliseconds\n[[module]]\nname = \"a\"\npath = \"/a\"\n\
+             [health]\nprobe_interval_ms = 0\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("line 6"), "{text}");
+    }
+
+    #[test]
+    fn nul_in_env_value_rejected() {
+        let err = parse("[[module]]\nname = \"a\"\npath = \"/a\"\nenv = { X = \"a\\u0000b\" }\n")
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("NUL"), "{text}");
     }
 
     #[test]

@@ -24,8 +24,20 @@ fn open_library(path: &Path) -> Result<libloading::Library, String> {
     // SAFETY: loading a PKCS#11 module runs its initializers, which is what
     // the configuration asks for; the path is the operator's choice.
     let library = unsafe { libloading::os::unix::Library::open(Some(path), flags) }
-        .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot load {}: {}", path.display(), error_chain(&e)))?;
     Ok(library.into())
+}
+
+/// Formats an error with its sources, where the loader's own reason is.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Returns whether a sanitizer runtime is in the process.
@@ -91,7 +103,12 @@ pub fn load_modules(config: &Config) -> Result<Vec<Arc<VendorModule>>, String> {
         let library = match libraries.get(&key) {
             Some(l) => l.clone(),
             None => {
-                let l = Arc::new(open_library(&path)?);
+                let l = Arc::new(open_library(&path).map_err(|e| {
+                    format!(
+                        "module {name}: {e} (check [[module]] path in {})",
+                        config.source.display()
+                    )
+                })?);
                 libraries.insert(key, l.clone());
                 l
             }
