@@ -274,19 +274,19 @@ impl Config {
     }
 
     /// Returns whether tokens with this label are exposed.
-    pub fn exposes(&self, label: &str) -> bool {
+    pub fn exposes(&self, label: &[u8]) -> bool {
         match &self.wld.labels {
             None => true,
-            Some(list) => list.iter().any(|l| l.get_ref() == label),
+            Some(list) => list.iter().any(|l| l.get_ref().as_bytes() == label),
         }
     }
 
     /// Returns the slot id fixed for a label, if any.
-    pub fn fixed_id(&self, label: &str) -> Option<u64> {
+    pub fn fixed_id(&self, label: &[u8]) -> Option<u64> {
         self.wld
             .slots
             .iter()
-            .find(|s| s.label.get_ref() == label)
+            .find(|s| s.label.get_ref().as_bytes() == label)
             .map(|s| *s.id.get_ref())
     }
 }
@@ -386,10 +386,10 @@ file = "/tmp/p11wld.log"
         assert_eq!(config.modules.len(), 2);
         assert_eq!(config.modules[0].env["SOFTHSM2_CONF"], "/tmp/a.conf");
         assert_eq!(config.wld.policy, Policy::RoundRobin);
-        assert_eq!(config.fixed_id("WLD_B"), Some(7));
-        assert_eq!(config.fixed_id("WLD_A"), None);
-        assert!(config.exposes("WLD_A"));
-        assert!(!config.exposes("OTHER"));
+        assert_eq!(config.fixed_id(b"WLD_B"), Some(7));
+        assert_eq!(config.fixed_id(b"WLD_A"), None);
+        assert!(config.exposes(b"WLD_A"));
+        assert!(!config.exposes(b"OTHER"));
         assert_eq!(config.log.level, LogLevel::Info);
     }
 

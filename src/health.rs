@@ -364,11 +364,12 @@ fn token_matches(member: &Member) -> Result<(), String> {
         .module
         .token_info(member.slot_id)
         .map_err(|rv| format!("C_GetTokenInfo returned {rv}"))?;
-    let label = crate::wld::topology::trim_padded(&info.label);
+    let label = crate::wld::topology::trim_padded_bytes(&info.label);
     let serial = crate::wld::topology::trim_padded(&info.serialNumber);
-    if label != member.label || serial != member.serial {
+    if label != member.label_bytes.as_slice() || serial != member.serial {
         return Err(format!(
-            "the slot now holds token {label:?} serial {serial}"
+            "the slot now holds token {:?} serial {serial}",
+            String::from_utf8_lossy(label)
         ));
     }
     Ok(())

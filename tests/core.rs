@@ -627,4 +627,97 @@ isolated! {
         let signature = std::fs::read(&output).unwrap();
         keys::verify_rsa_pkcs1_sha256(message, &signature).unwrap();
     }
+
+    /// A label that is not UTF-8 (31 "A" and the byte 0xE2) groups its
+    /// tokens like any other, and the virtual token carries it byte for
+    /// byte.
+    fn label_bytes_kept_exactly() {
+        let setup = one_softhsm_with_tokens();
+        let mut label = [b'A'; 32];
+        label[31] = 0xe2;
+        for _ in 0..2 {
+            init_token_raw(&setup.softhsm, &label);
+        }
+        let config = setup.write_config(common::setups::DEFAULT_EXTRA);
+        let _env = config.set_env();
+        let library = p11wld_module();
+        let labels = raw_token_labels(&library);
+        assert_eq!(labels.len(), 3, "{labels:?}");
+        assert!(labels.contains(&label), "{labels:?}");
+    }
+}
+
+/// Calls `C_InitToken` with a raw 32-byte label on the free slot of
+/// `softhsm`, through SoftHSM2 loaded in this process.
+fn init_token_raw(softhsm: &SoftHsm, label: &[u8; 32]) {
+    use cryptoki_sys::*;
+    let _conf = common::ScopedEnv::set("SOFTHSM2_CONF", softhsm.conf_path());
+    // SAFETY: SoftHSM2's entry points have the PKCS#11 signatures; every
+    // pointer passed lives for the call.
+    unsafe {
+        let library = libloading::Library::new(common::paths::softhsm_module()).unwrap();
+        let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+            library.get(b"C_GetFunctionList\0").unwrap();
+        let mut list = std::ptr::null_mut();
+        assert_eq!(get(&mut list), CKR_OK);
+        let list = &*list;
+        assert_eq!(list.C_Initialize.unwrap()(std::ptr::null_mut()), CKR_OK);
+        let mut slots = [0 as CK_SLOT_ID; 16];
+        let mut count = slots.len() as CK_ULONG;
+        assert_eq!(
+            list.C_GetSlotList.unwrap()(CK_FALSE, slots.as_mut_ptr(), &mut count),
+            CKR_OK
+        );
+        let free = slots[..count as usize]
+            .iter()
+            .copied()
+            .find(|&slot| {
+                let mut info = CK_TOKEN_INFO::default();
+                list.C_GetTokenInfo.unwrap()(slot, &mut info) == CKR_OK
+                    && info.flags & CKF_TOKEN_INITIALIZED == 0
+            })
+            .expect("a free slot");
+        let mut pin = SO_PIN.as_bytes().to_vec();
+        let mut label = *label;
+        let rv = list.C_InitToken.unwrap()(
+            free,
+            pin.as_mut_ptr(),
+            pin.len() as CK_ULONG,
+            label.as_mut_ptr(),
+        );
+        assert_eq!(rv, CKR_OK);
+        assert_eq!(list.C_Finalize.unwrap()(std::ptr::null_mut()), CKR_OK);
+    }
+}
+
+/// Returns the raw token labels of the module's slots with a token.
+fn raw_token_labels(path: &std::path::Path) -> Vec<[u8; 32]> {
+    use cryptoki_sys::*;
+    // SAFETY: p11wld's entry points have the PKCS#11 signatures; every
+    // pointer passed lives for the call.
+    unsafe {
+        let library = libloading::Library::new(path).unwrap();
+        let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+            library.get(b"C_GetFunctionList\0").unwrap();
+        let mut list = std::ptr::null_mut();
+        assert_eq!(get(&mut list), CKR_OK);
+        let list = &*list;
+        assert_eq!(list.C_Initialize.unwrap()(std::ptr::null_mut()), CKR_OK);
+        let mut slots = [0 as CK_SLOT_ID; 16];
+        let mut count = slots.len() as CK_ULONG;
+        assert_eq!(
+            list.C_GetSlotList.unwrap()(CK_TRUE, slots.as_mut_ptr(), &mut count),
+            CKR_OK
+        );
+        let labels = slots[..count as usize]
+            .iter()
+            .map(|&slot| {
+                let mut info = CK_TOKEN_INFO::default();
+                assert_eq!(list.C_GetTokenInfo.unwrap()(slot, &mut info), CKR_OK);
+                info.label
+            })
+            .collect();
+        assert_eq!(list.C_Finalize.unwrap()(std::ptr::null_mut()), CKR_OK);
+        labels
+    }
 }

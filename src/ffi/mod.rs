@@ -66,6 +66,14 @@ pub(crate) fn pad(field: &mut [u8], text: &str) {
     field[..end].copy_from_slice(&text.as_bytes()[..end]);
 }
 
+/// Writes `bytes` into a fixed-width PKCS#11 field, blank-padded and never
+/// NUL-terminated, cut to the field's width.
+pub(crate) fn pad_bytes(field: &mut [u8], bytes: &[u8]) {
+    field.fill(b' ');
+    let end = bytes.len().min(field.len());
+    field[..end].copy_from_slice(&bytes[..end]);
+}
+
 /// Copies `items` to a caller's list by the PKCS#11 two-call convention:
 /// a NULL `list` asks for the count; a list too short gives
 /// CKR_BUFFER_TOO_SMALL with the count needed.

@@ -7,7 +7,7 @@
 
 use super::slot::VirtualSlot;
 use crate::error::{Result, Rv};
-use crate::ffi::pad;
+use crate::ffi::{pad, pad_bytes};
 use cryptoki_sys::*;
 
 /// Token flags that the virtual token has only when every member has them.
@@ -116,7 +116,7 @@ pub fn token_info(
             combine_limit(info.ulFreePrivateMemory, member.ulFreePrivateMemory, min);
     }
     info.flags = (all & ALL_FLAGS) | (any & ANY_FLAGS) | CKF_TOKEN_INITIALIZED;
-    pad(&mut info.label, &slot.label);
+    pad_bytes(&mut info.label, &slot.label_bytes);
     pad(&mut info.manufacturerID, "p11wld");
     pad(&mut info.model, "WLD slot");
     info.serialNumber = slot.serial;

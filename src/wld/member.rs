@@ -21,7 +21,10 @@ pub struct Member {
     pub module_index: usize,
     /// The vendor module's own slot id.
     pub slot_id: CK_SLOT_ID,
+    /// The label for logs; bytes that are not UTF-8 show as U+FFFD.
     pub label: String,
+    /// The label as the token stores it, without the padding blanks.
+    pub label_bytes: Vec<u8>,
     pub serial: String,
     /// The id of the WLD slot this member belongs to.
     pub wld_slot: CK_SLOT_ID,
@@ -79,7 +82,8 @@ pub struct Member {
 pub struct FoundToken {
     pub module_index: usize,
     pub slot_id: CK_SLOT_ID,
-    pub label: String,
+    /// The label without its padding blanks, as the token stores it.
+    pub label: Vec<u8>,
     pub serial: String,
 }
 
@@ -107,7 +111,8 @@ impl Member {
             module,
             module_index,
             slot_id,
-            label,
+            label: String::from_utf8_lossy(&label).into_owned(),
+            label_bytes: label,
             serial,
             wld_slot,
             index,

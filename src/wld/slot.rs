@@ -21,7 +21,11 @@ pub type MechanismTable = Arc<Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)>>;
 
 pub struct VirtualSlot {
     pub id: CK_SLOT_ID,
+    /// The label for logs and descriptions; bytes that are not UTF-8 show
+    /// as U+FFFD.
     pub label: String,
+    /// The label as the tokens store it, without the padding blanks.
+    pub label_bytes: Vec<u8>,
     /// The virtual token's serial: 16 hex digits derived from the label, so
     /// every process and every run shows the same one.
     pub serial: [u8; 16],
@@ -37,11 +41,14 @@ pub struct VirtualSlot {
 }
 
 impl VirtualSlot {
-    pub fn new(id: CK_SLOT_ID, label: String) -> VirtualSlot {
+    /// Makes the slot of the label `label`, its bytes without the padding
+    /// blanks.
+    pub fn new(id: CK_SLOT_ID, label: Vec<u8>) -> VirtualSlot {
         VirtualSlot {
             id,
             serial: virtual_serial(&label),
-            label,
+            label: String::from_utf8_lossy(&label).into_owned(),
+            label_bytes: label,
             members: RwLock::new(Vec::new()),
             mechanisms: RwLock::new(Arc::new(Vec::new())),
             mechanism_bits: (0..BITMAP_LIMIT / 64).map(|_| AtomicU64::new(0)).collect(),
@@ -150,9 +157,12 @@ impl VirtualSlot {
 }
 
 /// Derives the virtual token's serial from its label.
-fn virtual_serial(label: &str) -> [u8; 16] {
+fn virtual_serial(label: &[u8]) -> [u8; 16] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(format!("p11wld WLD slot {label}").as_bytes());
+    let digest = Sha256::new()
+        .chain_update(b"p11wld WLD slot ")
+        .chain_update(label)
+        .finalize();
     let mut serial = [b'0'; 16];
     for (i, byte) in digest.iter().take(8).enumerate() {
         serial[2 * i] = HEX[usize::from(byte >> 4)];
@@ -211,15 +221,15 @@ mod tests {
 
     #[test]
     fn serial_is_stable_hex() {
-        let a = virtual_serial("WLD_A");
-        assert_eq!(a, virtual_serial("WLD_A"));
-        assert_ne!(a, virtual_serial("WLD_B"));
+        let a = virtual_serial(b"WLD_A");
+        assert_eq!(a, virtual_serial(b"WLD_A"));
+        assert_ne!(a, virtual_serial(b"WLD_B"));
         assert!(a.iter().all(|b| b.is_ascii_hexdigit()));
     }
 
     #[test]
     fn empty_slot_supports_nothing() {
-        let slot = VirtualSlot::new(0, "X".into());
+        let slot = VirtualSlot::new(0, b"X".to_vec());
         assert!(!slot.supports(CKM_RSA_PKCS));
         assert!(!slot.supports(CKM_VENDOR_DEFINED | 1));
         assert!(slot.candidates(Policy::LeastSessions).is_empty());

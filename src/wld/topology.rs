@@ -21,12 +21,18 @@ use std::sync::Arc;
 
 /// Trims the blank padding of a fixed-width PKCS#11 text field. Only
 /// trailing blanks (and NULs some vendors write) are padding.
-pub fn trim_padded(field: &[u8]) -> String {
+pub fn trim_padded_bytes(field: &[u8]) -> &[u8] {
     let end = field
         .iter()
         .rposition(|&b| b != b' ' && b != 0)
         .map_or(0, |p| p + 1);
-    String::from_utf8_lossy(&field[..end]).into_owned()
+    &field[..end]
+}
+
+/// Trims the padding of a text field, see [`trim_padded_bytes`], for
+/// display: bytes that are not UTF-8 show as U+FFFD.
+pub fn trim_padded(field: &[u8]) -> String {
+    String::from_utf8_lossy(trim_padded_bytes(field)).into_owned()
 }
 
 /// Every member and virtual slot of an initialized module.
@@ -101,14 +107,14 @@ impl Topology {
         let found = scan(config, modules, indexes);
         let _guard = self.refresh_lock.lock();
 
-        let mut labels: Vec<String> = found.iter().map(|t| t.label.clone()).collect();
+        let mut labels: Vec<Vec<u8>> = found.iter().map(|t| t.label.clone()).collect();
         labels.extend(
             config
                 .wld
                 .labels
                 .iter()
                 .flatten()
-                .map(|l| l.get_ref().clone()),
+                .map(|l| l.get_ref().as_bytes().to_vec()),
         );
         labels.sort();
         labels.dedup();
@@ -120,7 +126,7 @@ impl Topology {
                 .slots
                 .read()
                 .iter()
-                .find(|s| s.label == token.label)
+                .find(|s| s.label_bytes == token.label)
                 .cloned()
             else {
                 continue;
@@ -137,15 +143,15 @@ impl Topology {
 
     /// Adds a slot for each label that has none, with its fixed id or the
     /// next free one.
-    fn add_slots(&self, config: &Config, labels: &[String]) {
+    fn add_slots(&self, config: &Config, labels: &[Vec<u8>]) {
         let mut slots = self.slots.write();
         let first_scan = slots.is_empty();
         let reserved: Vec<CK_SLOT_ID> = config.wld.slots.iter().map(|s| *s.id.get_ref()).collect();
 
         // Fixed ids first, so a label sorted earlier cannot take one.
-        let (fixed, free): (Vec<&String>, Vec<&String>) = labels
+        let (fixed, free): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) = labels
             .iter()
-            .filter(|label| !slots.iter().any(|s| &s.label == *label))
+            .filter(|label| !slots.iter().any(|s| &s.label_bytes == *label))
             .partition(|label| config.fixed_id(label).is_some());
         for label in fixed {
             let id = config.fixed_id(label).unwrap_or_default();
@@ -258,7 +264,7 @@ fn scan(config: &Config, modules: &[Arc<VendorModule>], indexes: &[usize]) -> Ve
             if info.flags & CKF_TOKEN_INITIALIZED == 0 {
                 continue;
             }
-            let label = trim_padded(&info.label);
+            let label = trim_padded_bytes(&info.label).to_vec();
             if !config.exposes(&label) {
                 continue;
             }
@@ -306,7 +312,10 @@ mod tests {
             "[[module]]\nname = \"a\"\npath = \"/a\"\n[[wld.slot]]\nlabel = \"M\"\nid = 1\n",
         );
         let topology = Topology::new();
-        let labels: Vec<String> = ["A", "B", "M", "Z"].iter().map(|s| s.to_string()).collect();
+        let labels: Vec<Vec<u8>> = ["A", "B", "M", "Z"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
         topology.add_slots(&config, &labels);
         let expected = vec![
             ("A".to_string(), 0),
@@ -321,8 +330,8 @@ mod tests {
     fn later_labels_take_ids_after_highest() {
         let config = config_with("[[module]]\nname = \"a\"\npath = \"/a\"\n");
         let topology = Topology::new();
-        topology.add_slots(&config, &["B".to_string()]);
-        topology.add_slots(&config, &["A".to_string(), "B".to_string()]);
+        topology.add_slots(&config, &[b"B".to_vec()]);
+        topology.add_slots(&config, &[b"A".to_vec(), b"B".to_vec()]);
         assert_eq!(topology.slot(0).unwrap().label, "B");
         assert_eq!(topology.slot(1).unwrap().label, "A");
         assert_eq!(topology.slot(7).err(), Some(Rv(CKR_SLOT_ID_INVALID)));
@@ -334,7 +343,7 @@ mod tests {
             "[[module]]\nname = \"a\"\npath = \"/a\"\n[[wld.slot]]\nlabel = \"Z\"\nid = 0\n",
         );
         let topology = Topology::new();
-        topology.add_slots(&config, &["A".to_string(), "Z".to_string()]);
+        topology.add_slots(&config, &[b"A".to_vec(), b"Z".to_vec()]);
         assert_eq!(
             ids(&topology),
             vec![("Z".to_string(), 0), ("A".to_string(), 1)]
