@@ -57,6 +57,6 @@ if ((${#missing[@]} > 0)); then
 fi
 
 if ! command -v cargo >/dev/null; then
-    echo "setup-debian.sh: cargo not found on PATH; install a Rust toolchain with rustup (the crate needs Rust 1.77 or newer)" >&2
+    echo "setup-debian.sh: cargo not found on PATH; install a Rust toolchain with rustup (the crate needs Rust 1.82 or newer)" >&2
     exit 1
 fi

@@ -197,7 +197,7 @@ impl Member {
 
     pub fn describe(&self) -> String {
         format!(
-            "{} slot {} serial {}",
+            "{} slot {:#x} serial {}",
             self.module.name, self.slot_id, self.serial
         )
     }
