@@ -17,7 +17,7 @@ pub struct SlotEvents {
     ready: Condvar,
 }
 
-/// What a wait for a slot event ended with.
+/// The outcome of a wait for a slot event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Wait {
     Event(CK_SLOT_ID),

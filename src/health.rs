@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 /// application did not close, means that the device or token is gone,
 /// rather than that the request was wrong.
 ///
-/// CKR_GENERAL_ERROR counts: every member answered before, when its token
+/// CKR_GENERAL_ERROR counts: every member responded before, when its token
 /// was scanned. CKR_SESSION_HANDLE_INVALID and CKR_SESSION_CLOSED count
 /// because the proxy closes real sessions only when the application closes
 /// the virtual ones, so a real session that vanished means the vendor lost
@@ -156,8 +156,8 @@ impl Health {
         });
     }
 
-    /// One round: hung calls, probes of modules with members down, logs of
-    /// the sessions moved, and slot events.
+    /// Runs one round: finds hung calls, probes modules with members down,
+    /// logs the sessions moved, and sends slot events.
     fn tick(&self, instance: &Instance, probe: impl Fn(usize)) {
         self.find_hung_calls(instance);
         let interval = Duration::from_millis(instance.config.health.probe_interval_ms);
@@ -223,7 +223,7 @@ impl Health {
     }
 
     /// Sends a slot event for each WLD slot whose token appeared or went
-    /// away since the last tick; a slot that is new counts as an appearance
+    /// away since the last tick. A slot that is new counts as an appearance
     /// when its token is present.
     fn send_slot_events(&self, instance: &Instance) {
         let mut state = self.state.lock();
@@ -247,7 +247,7 @@ impl Health {
     }
 }
 
-/// Returns the modules with a member down, or that never answered.
+/// Returns the modules with a member down, or that never responded.
 fn modules_to_probe(instance: &Instance) -> Vec<usize> {
     let members = instance.topology.members();
     (0..instance.modules.len())
@@ -349,7 +349,7 @@ pub fn probe_module(instance: &Instance, index: usize) {
     }
 }
 
-/// Whether a session call on `member` is running now.
+/// Returns whether a session call on `member` is running now.
 fn has_call_in_progress(instance: &Instance, member: &Member) -> bool {
     instance
         .sessions
@@ -358,7 +358,7 @@ fn has_call_in_progress(instance: &Instance, member: &Member) -> bool {
         .any(|(_, marker)| (marker >> BUSY_CALL_BITS) as usize == member.index + 1)
 }
 
-/// Checks that the member's slot holds its token again.
+/// Checks that the member's slot contains its token again.
 fn token_matches(member: &Member) -> Result<(), String> {
     let info = member
         .module

@@ -1,7 +1,7 @@
 //! Slot and token information of a WLD slot, synthesized from its members.
 //!
-//! The virtual token promises what holds on every healthy member: a
-//! capability flag is set only when all members have it, a warning flag
+//! The virtual token promises only what is true of every healthy member. A
+//! capability flag is set when all members have it, a warning flag
 //! (write-protected, PIN locked, ...) when any member has it, and each limit
 //! is the tightest one among the members.
 

@@ -6,7 +6,7 @@
 //!
 //! Slot ids: a label with an id fixed in `[[wld.slot]]` gets that id. At the
 //! first scan the other labels, in byte order, take the lowest ids that are
-//! neither fixed nor taken; labels found by a later scan take the ids after
+//! neither fixed nor taken. Labels found by a later scan take the ids after
 //! the highest one in use. An id never changes while the module is
 //! initialized, and a slot whose members are all gone stays listed.
 
@@ -79,7 +79,7 @@ impl Topology {
     /// gained members.
     ///
     /// A module whose members are all down is left out, because a hung
-    /// one would block the scan; the health thread scans it again when a
+    /// one would block the scan. The health thread scans it again when a
     /// member comes back.
     pub fn refresh(&self, config: &Config, modules: &[Arc<VendorModule>]) -> Vec<Arc<VirtualSlot>> {
         let members = self.members();
