@@ -23,6 +23,12 @@
  * the caller expects there, or a serial alone. Positions shift when a device
  * drops out between listing and use, so a position whose token no longer
  * has the expected serial rejects the whole run before anything is written.
+ * Uninitialized tokens often all have an empty serial, so a position that
+ * expects one must name its module as well, and may name its vendor slot id.
+ *
+ * Version 2.0 added P11WLD_SLOT_REF.vendor_slot_id, which changes the layout
+ * of P11WLD_SLOT_REF, P11WLD_REPLICATE_ARGS and P11WLD_VERIFY_ARGS, so a
+ * caller built for 1.x must not use a 2.x module.
  */
 #ifndef P11WLD_H
 #define P11WLD_H
@@ -35,8 +41,8 @@ typedef unsigned long p11wld_ulong;
 typedef unsigned long p11wld_rv;
 
 #define P11WLD_INTERFACE_NAME "p11wld"
-#define P11WLD_VERSION_MAJOR 1
-#define P11WLD_VERSION_MINOR 1
+#define P11WLD_VERSION_MAJOR 2
+#define P11WLD_VERSION_MINOR 0
 
 /* A p11wld_ulong index or id that names nothing. */
 #define P11WLD_NONE (~0UL)
@@ -107,7 +113,8 @@ typedef struct P11WLD_MEMBER_STATUS {
 
 /* P11WLD_SLOT_REF.kind */
 /* By position and expected serial. An empty expected serial means that the
- * caller expects an uninitialized token with an empty serial there. */
+ * caller expects an uninitialized token with an empty serial there, and
+ * then module_name is required. */
 #define P11WLD_REF_POSITION 1UL
 /* By token serial alone, for example from pkcs11:serial=... */
 #define P11WLD_REF_SERIAL 2UL
@@ -121,11 +128,19 @@ typedef struct P11WLD_SLOT_REF {
     /* The serial the caller expects (with P11WLD_REF_POSITION) or looks
      * for (with P11WLD_REF_SERIAL), without padding blanks. */
     char serial[P11WLD_SERIAL_SIZE];
-    /* With P11WLD_REF_POSITION, optional: the module the caller expects
-     * the position in. Uninitialized tokens often all have an empty
-     * serial, so a shift between two of them is caught only by this. An
-     * empty string checks nothing. */
+    /* With P11WLD_REF_POSITION: the module the caller expects the
+     * position in, or an empty string to check none. It is required when
+     * serial is empty, because uninitialized tokens often all have an empty
+     * serial, and only the module and the vendor slot id catch a shift
+     * between two of them. A position reference with an empty serial and
+     * an empty module_name gives CKR_ARGUMENTS_BAD. Ignored with
+     * P11WLD_REF_SERIAL. */
     char module_name[P11WLD_MODULE_NAME_SIZE];
+    /* With P11WLD_REF_POSITION: the vendor slot id the caller expects at
+     * the position (P11WLD_PHYSICAL_SLOT.vendor_slot_id), or P11WLD_NONE to
+     * check none. Set it to P11WLD_NONE explicitly: 0 is a slot id. Ignored
+     * with P11WLD_REF_SERIAL. */
+    p11wld_ulong vendor_slot_id;
 } P11WLD_SLOT_REF;
 
 /* P11WLD_PROGRESS.phase */

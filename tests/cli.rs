@@ -148,6 +148,60 @@ mod extension {
         field
     }
 
+    fn module_field(name: &str) -> [std::ffi::c_char; 64] {
+        let mut field = [0; 64];
+        for (dst, src) in field.iter_mut().zip(name.bytes()) {
+            *dst = src as std::ffi::c_char;
+        }
+        field
+    }
+
+    /// Reads a NUL-terminated text field of the extension.
+    fn field_text(field: &[std::ffi::c_char]) -> String {
+        let bytes: Vec<u8> = field
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Loads libp11wld.so for the rest of the test process and returns its
+    /// extension and standard function lists, not yet initialized.
+    fn load_lists() -> (
+        &'static sys::P11WLD_FUNCTION_LIST,
+        &'static CK_FUNCTION_LIST,
+    ) {
+        // SAFETY: loading the module under test; it stays loaded until the
+        // test process exits.
+        let library: &'static libloading::Library = Box::leak(Box::new(
+            unsafe { libloading::Library::new(paths::p11wld_module()) }.unwrap(),
+        ));
+        // SAFETY: the symbols have these signatures (include/p11wld.h and
+        // PKCS#11 2.40), and the lists they return are static.
+        unsafe {
+            let get_list = library.get::<GetList>(b"P11WLD_GetFunctionList\0").unwrap();
+            let get_functions = library
+                .get::<GetFunctionList>(b"C_GetFunctionList\0")
+                .unwrap();
+            let mut list = ptr::null_mut();
+            let mut functions = ptr::null_mut();
+            assert_eq!(get_list(&mut list), CKR_OK);
+            assert_eq!(get_functions(&mut functions), CKR_OK);
+            (&*list, &*functions)
+        }
+    }
+
+    /// Reads a list of the extension by the two-call convention.
+    fn fetch<T: Default + Clone>(call: impl Fn(*mut T, *mut sys::p11wld_ulong) -> CK_RV) -> Vec<T> {
+        let mut count = 0;
+        assert_eq!(call(ptr::null_mut(), &mut count), CKR_OK);
+        let mut list = vec![T::default(); count as usize];
+        assert_eq!(call(list.as_mut_ptr(), &mut count), CKR_OK);
+        list.truncate(count as usize);
+        list
+    }
+
     isolated! {
         /// The extension is reachable both ways, checks its arguments,
         /// reports progress, and hands out reports by the two-call
@@ -178,7 +232,10 @@ mod extension {
                 assert_eq!(get_functions(&mut functions), CKR_OK);
                 (&*list, &*functions)
             };
-            assert_eq!((ext.version.major, ext.version.minor), (1, 1));
+            assert_eq!(
+                (u32::from(ext.version.major), u32::from(ext.version.minor)),
+                (sys::P11WLD_VERSION_MAJOR, sys::P11WLD_VERSION_MINOR)
+            );
 
             let mut handle: sys::P11WLD_REPORT_HANDLE = 7;
             let args = sys::P11WLD_REPLICATE_ARGS::default();
@@ -192,7 +249,7 @@ mod extension {
                 let bad_flags = sys::P11WLD_REPLICATE_ARGS { flags: 0x100, ..Default::default() };
                 assert_eq!(ext.Replicate.unwrap()(&bad_flags, &mut handle), CKR_ARGUMENTS_BAD);
                 let unterminated = sys::P11WLD_REPLICATE_ARGS {
-                    master: sys::P11WLD_SLOT_REF { kind: sys::P11WLD_REF_SERIAL, position: 0, serial: [0x41; 17], module_name: [0; 64] },
+                    master: sys::P11WLD_SLOT_REF { kind: sys::P11WLD_REF_SERIAL, serial: [0x41; 17], ..Default::default() },
                     ..Default::default()
                 };
                 assert_eq!(ext.Replicate.unwrap()(&unterminated, &mut handle), CKR_ARGUMENTS_BAD);
@@ -260,6 +317,88 @@ mod extension {
             assert_eq!(copies.len(), 7, "{calls:?}");
             assert!(calls.iter().all(|c| c.1 <= c.2), "done never exceeds total: {calls:?}");
             assert_eq!(calls.last().map(|c| (c.1, c.2)), Some((8, 8)), "{calls:?}");
+        }
+
+        /// A position reference that expects an uninitialized token (empty
+        /// serial) must name its module, and a module or vendor slot id
+        /// that no longer matches rejects the run before anything is
+        /// written.
+        #[timeout(120)]
+        fn extension_pins_blank_serial() {
+            let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+            let _config = lab.config.set_env();
+            let (ext, standard) = load_lists();
+            // SAFETY: C_Initialize takes NULL.
+            assert_eq!(unsafe { standard.C_Initialize.unwrap()(ptr::null_mut()) }, CKR_OK);
+            // SAFETY: the two-call convention with valid buffers.
+            let slots = fetch(|list, count| unsafe { ext.ListPhysicalSlots.unwrap()(list, count) });
+            let free = slots
+                .iter()
+                .find(|s| field_text(&s.module_name) == "hsm2" && s.flags & sys::P11WLD_SLOT_TOKEN_INITIALIZED == 0)
+                .expect("hsm2 has a free slot");
+
+            let master = sys::P11WLD_SLOT_REF {
+                kind: sys::P11WLD_REF_SERIAL,
+                serial: serial_field(&lab.master_serial),
+                ..Default::default()
+            };
+            let blank = |module: &str, vendor_slot_id: u64| sys::P11WLD_SLOT_REF {
+                kind: sys::P11WLD_REF_POSITION,
+                position: free.position,
+                module_name: module_field(module),
+                vendor_slot_id,
+                ..Default::default()
+            };
+            let replicate = |destination: &sys::P11WLD_SLOT_REF| {
+                let args = sys::P11WLD_REPLICATE_ARGS {
+                    master,
+                    destinations: destination,
+                    destination_count: 1,
+                    flags: sys::P11WLD_REPLICATE_DRY_RUN,
+                    so_pin: crate::common::SO_PIN.as_ptr(),
+                    so_pin_len: crate::common::SO_PIN.len() as u64,
+                    user_pin: crate::common::USER_PIN.as_ptr(),
+                    user_pin_len: crate::common::USER_PIN.len() as u64,
+                    ..Default::default()
+                };
+                let mut handle = 0;
+                // SAFETY: valid arguments that live across the call.
+                let rv = unsafe { ext.Replicate.unwrap()(&args, &mut handle) };
+                let messages: Vec<String> = if handle == 0 {
+                    Vec::new()
+                } else {
+                    // SAFETY: a report handle the call returned.
+                    let problems = fetch(|list, count| unsafe {
+                        ext.GetReportProblems.unwrap()(handle, list, count)
+                    });
+                    // SAFETY: as above.
+                    assert_eq!(unsafe { ext.FreeReport.unwrap()(handle) }, CKR_OK);
+                    problems.iter().map(|p| field_text(&p.message)).collect()
+                };
+                (rv, handle, messages)
+            };
+
+            let (rv, handle, _) = replicate(&blank("", sys::P11WLD_NONE));
+            assert_eq!(rv, CKR_ARGUMENTS_BAD, "an empty serial without a module");
+            assert_eq!(handle, 0, "no report for unreadable arguments");
+
+            let (rv, _, messages) = replicate(&blank("hsm1", sys::P11WLD_NONE));
+            assert_eq!(rv, CKR_SLOT_ID_INVALID, "another module: {messages:?}");
+            assert!(messages.iter().any(|m| m.contains("belongs to module hsm2")), "{messages:?}");
+
+            let (rv, _, messages) = replicate(&blank("hsm2", free.vendor_slot_id + 1));
+            assert_eq!(rv, CKR_SLOT_ID_INVALID, "another vendor slot: {messages:?}");
+            assert!(messages.iter().any(|m| m.contains("vendor slot")), "{messages:?}");
+
+            let (rv, _, messages) = replicate(&blank("hsm2", free.vendor_slot_id));
+            assert_eq!(rv, CKR_OK, "module and vendor slot match: {messages:?}");
+
+            // SAFETY: the two-call convention with valid buffers.
+            let after = fetch(|list, count| unsafe { ext.ListPhysicalSlots.unwrap()(list, count) });
+            let initialized = after.iter().filter(|s| s.flags & sys::P11WLD_SLOT_TOKEN_INITIALIZED != 0).count();
+            assert_eq!(initialized, 1, "only the master is initialized");
+            // SAFETY: C_Finalize takes NULL.
+            assert_eq!(unsafe { standard.C_Finalize.unwrap()(ptr::null_mut()) }, CKR_OK);
         }
     }
 }

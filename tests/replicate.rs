@@ -526,6 +526,52 @@ isolated! {
         check_nothing_written(&lab, None, Some(2));
     }
 
+    /// Uninitialized tokens all have an empty serial, so a position that
+    /// expects one is pinned by its module: without the module the run is
+    /// rejected as invalid, and after the positions shifted onto another
+    /// module's free slot it is rejected too. Neither run writes anything.
+    #[timeout(300)]
+    fn blank_serial_pinned_by_module() {
+        let mut lab = lab(Reach::P11Kit, &[Start::Stale, Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let master_uri = format!("pkcs11:serial={}", lab.stale_serials[&1]);
+        let free = position(&slots, "hsm2", "");
+
+        lab.hsms[0].served().kill_hard();
+        let now = list(&lab.config);
+        assert_eq!(position(&now, "hsm3", ""), free, "hsm3's free slot moved up: {now:#?}");
+
+        let target = free.to_string();
+        let bare = format!("{free}=");
+        let output = run(
+            &lab.config,
+            &["replicate", "-s", &master_uri, "-d", &target, "--expect-serial", &bare],
+            &BOTH_PINS,
+        );
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("@MODULE"), "{stderr}");
+
+        let pinned = format!("{free}=@hsm2");
+        let output = run(
+            &lab.config,
+            &["--json", "replicate", "-s", &master_uri, "-d", &target, "--expect-serial", &pinned],
+            &BOTH_PINS,
+        );
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["status"], "CKR_SLOT_ID_INVALID");
+        let rejected = problems(&report, "slot");
+        let messages: Vec<&str> = rejected.iter().map(|p| p["message"].as_str().unwrap()).collect();
+        assert!(messages.iter().any(|m| m.contains("module hsm3")), "{messages:?}");
+
+        let states = tokens(&lab, 2);
+        let initialized: Vec<_> = states.iter().filter(|t| t.initialized).collect();
+        assert_eq!(initialized.len(), 1, "hsm3 holds only its stale token: {states:?}");
+        check_nothing_written(&lab, None, Some(2));
+    }
+
     /// SoftHSM2 gives a token it initializes a new slot id and serial; the
     /// run finds it again and writes the objects there.
     #[timeout(300)]

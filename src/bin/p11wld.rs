@@ -86,12 +86,13 @@ struct ReplicateArgs {
     #[arg(long)]
     skip_unextractable: bool,
     /// The serial expected at each positional number, as
-    /// POSITION=SERIAL[@MODULE] (empty SERIAL: an uninitialized token
-    /// without serial; MODULE: the module name `list` shows); required for
-    /// positional numbers when no terminal can confirm them
+    /// POSITION=SERIAL[@MODULE[:SLOT]], with the module name and vendor
+    /// slot id `list` shows. An empty SERIAL expects an uninitialized token
+    /// without serial and needs MODULE. Required for positional numbers
+    /// when no terminal can confirm them
     #[arg(
         long = "expect-serial",
-        value_name = "POSITION=SERIAL",
+        value_name = "POSITION=SERIAL[@MODULE[:SLOT]]",
         value_delimiter = ','
     )]
     expect_serial: Vec<String>,
@@ -114,10 +115,10 @@ struct VerifyArgs {
     #[arg(short = 'd', long = "destination", value_name = "SLOT[,SLOT...]|all")]
     destinations: Option<String>,
     /// The serial expected at each positional number, as
-    /// POSITION=SERIAL[@MODULE]
+    /// POSITION=SERIAL[@MODULE[:SLOT]]
     #[arg(
         long = "expect-serial",
-        value_name = "POSITION=SERIAL",
+        value_name = "POSITION=SERIAL[@MODULE[:SLOT]]",
         value_delimiter = ','
     )]
     expect_serial: Vec<String>,

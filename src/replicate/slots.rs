@@ -133,11 +133,13 @@ pub fn scan(instance: &Instance) -> Vec<PhysicalSlot> {
 pub enum SlotRef {
     /// A position and the serial expected there; an empty serial expects
     /// an uninitialized token without one. A non-empty `module` must be
-    /// the name of the position's module.
+    /// the name of the position's module, and `slot_id`, when set, its
+    /// vendor slot id.
     Position {
         position: usize,
         serial: String,
         module: String,
+        slot_id: Option<CK_SLOT_ID>,
     },
     /// A token serial.
     Serial(String),
@@ -147,17 +149,24 @@ impl std::fmt::Display for SlotRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SlotRef::Position {
-                position, serial, ..
-            } if serial.is_empty() => {
-                write!(
-                    f,
-                    "position {position} (expected: uninitialized, no serial)"
-                )
-            }
-            SlotRef::Position {
-                position, serial, ..
+                position,
+                serial,
+                module,
+                slot_id,
             } => {
-                write!(f, "position {position} (expected serial {serial})")
+                write!(f, "position {position} (expected: ")?;
+                if serial.is_empty() {
+                    write!(f, "uninitialized, no serial")?;
+                } else {
+                    write!(f, "serial {serial}")?;
+                }
+                if !module.is_empty() {
+                    write!(f, ", module {module}")?;
+                }
+                if let Some(slot_id) = slot_id {
+                    write!(f, ", vendor slot {slot_id:#x}")?;
+                }
+                write!(f, ")")
             }
             SlotRef::Serial(serial) => write!(f, "serial {serial}"),
         }
@@ -174,6 +183,7 @@ pub fn resolve<'a>(
             position,
             serial,
             module,
+            slot_id,
         } => {
             let slot = slots.get(*position).ok_or_else(|| {
                 format!(
@@ -186,6 +196,13 @@ pub fn resolve<'a>(
                     "{reference}: the slot there now belongs to module {}, not {module}; \
                      positions shift when a device drops out, so list the slots again",
                     slot.module.name
+                ));
+            }
+            if slot_id.is_some_and(|id| id != slot.slot_id) {
+                return Err(format!(
+                    "{reference}: the slot there now is {} slot {:#x}; positions shift when a \
+                     device drops out, so list the slots again",
+                    slot.module.name, slot.slot_id
                 ));
             }
             let Some(token) = &slot.token else {

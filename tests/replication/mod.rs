@@ -449,8 +449,8 @@ pub fn attribute_info(
 }
 
 /// Returns the expected-serial argument for `positions`: each one's
-/// position and serial in `slots`, with its module for a token without
-/// serial.
+/// position and serial in `slots`, with its module and vendor slot id for
+/// a token without serial.
 pub fn expect_serials(slots: &[Value], positions: &[u64]) -> String {
     positions
         .iter()
@@ -461,7 +461,11 @@ pub fn expect_serials(slots: &[Value], positions: &[u64]) -> String {
                 .unwrap_or_else(|| panic!("no position {p} in {slots:#?}"));
             let serial = slot["serial"].as_str().unwrap();
             if serial.is_empty() {
-                format!("{p}=@{}", slot["module"].as_str().unwrap())
+                format!(
+                    "{p}=@{}:{:#x}",
+                    slot["module"].as_str().unwrap(),
+                    slot["vendor_slot_id"].as_u64().unwrap()
+                )
             } else {
                 format!("{p}={serial}")
             }

@@ -97,17 +97,44 @@ pub struct Expected {
     pub serial: String,
     /// The module name; empty when not given.
     pub module: String,
+    /// The vendor slot id; `None` when not given.
+    pub slot_id: Option<u64>,
 }
 
-/// Parses `--expect-serial POSITION=SERIAL[@MODULE]` entries; an empty
-/// serial expects an uninitialized token without one.
+/// Parses a vendor slot id as `list` shows it (0x-prefixed hexadecimal),
+/// or in decimal.
+fn parse_slot_id(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// Splits `MODULE[:SLOT]` into the module name and the vendor slot id. A
+/// suffix after the last colon that is no slot id belongs to the name.
+fn split_module(text: &str) -> (&str, Option<u64>) {
+    match text.rsplit_once(':') {
+        Some((module, slot)) => match parse_slot_id(slot.trim()) {
+            Some(slot_id) => (module, Some(slot_id)),
+            None => (text, None),
+        },
+        None => (text, None),
+    }
+}
+
+/// Parses `--expect-serial POSITION=SERIAL[@MODULE[:SLOT]]` entries. An
+/// empty serial expects an uninitialized token without one, and then the
+/// module is required: such tokens often all have an empty serial, so the
+/// serial alone would accept another module's uninitialized token after
+/// the positions shifted.
 pub fn parse_expected(entries: &[String]) -> Result<BTreeMap<usize, Expected>, String> {
     let mut expected = BTreeMap::new();
     for entry in entries {
         let (position, value) = entry.split_once('=').ok_or_else(|| {
-            format!("invalid --expect-serial {entry:?}: expected POSITION=SERIAL[@MODULE]")
+            format!("invalid --expect-serial {entry:?}: expected POSITION=SERIAL[@MODULE[:SLOT]]")
         })?;
         let (serial, module) = value.rsplit_once('@').unwrap_or((value, ""));
+        let (module, slot_id) = split_module(module.trim());
         let position: usize = position.trim().parse().map_err(|_| {
             format!("invalid --expect-serial {entry:?}: {position:?} is not a position")
         })?;
@@ -119,7 +146,15 @@ pub fn parse_expected(entries: &[String]) -> Result<BTreeMap<usize, Expected>, S
         let value = Expected {
             serial: serial.trim().to_owned(),
             module: module.trim().to_owned(),
+            slot_id,
         };
+        if value.serial.is_empty() && value.module.is_empty() {
+            return Err(format!(
+                "invalid --expect-serial {entry:?}: an empty serial (an uninitialized token) \
+                 needs the module too, as {position}=@MODULE or {position}=@MODULE:SLOT with \
+                 the module and vendor slot id `p11wld list` shows"
+            ));
+        }
         if expected.insert(position, value).is_some() {
             return Err(format!("--expect-serial names position {position} twice"));
         }
@@ -169,7 +204,7 @@ pub fn references(
                 0,
                 &Expected {
                     serial: serial.clone(),
-                    module: String::new(),
+                    ..Expected::default()
                 },
             )),
         })
@@ -206,6 +241,7 @@ fn slot_ref(kind: sys::p11wld_ulong, position: usize, expected: &Expected) -> P1
     let mut reference = P11WLD_SLOT_REF {
         kind,
         position: position as sys::p11wld_ulong,
+        vendor_slot_id: expected.slot_id.unwrap_or(sys::P11WLD_NONE),
         ..Default::default()
     };
     copy_field(&mut reference.serial, &expected.serial);
@@ -246,16 +282,17 @@ fn confirm(
         let serial = text(&slot.serial);
         let _ = writeln!(
             stderr,
-            "  position {position}: {label}, serial {}, module {} slot {:#x}",
-            if serial.is_empty() { "(none)" } else { &serial },
+            "  position {position}: module {}, vendor slot {:#x}, serial {}, label {label}",
             text(&slot.module_name),
-            slot.vendor_slot_id
+            slot.vendor_slot_id,
+            if serial.is_empty() { "(none)" } else { &serial },
         );
         serials.insert(
             position,
             Expected {
                 serial,
                 module: text(&slot.module_name),
+                slot_id: Some(slot.vendor_slot_id),
             },
         );
     }
@@ -322,14 +359,29 @@ mod tests {
             parse_destinations("1,3"),
             Ok(Some(vec![SlotArg::Position(1), SlotArg::Position(3)]))
         );
-        let expected = parse_expected(&["1=abc".into(), "3=".into()]).unwrap();
+        let expected = parse_expected(&["1=abc".into(), "3=@hsm2".into()]).unwrap();
         assert_eq!(expected[&1].serial, "abc");
         assert_eq!(expected[&3].serial, "");
         let with_module = parse_expected(&["4=@hsm2".into()]).unwrap();
         assert_eq!(with_module[&4].module, "hsm2");
         assert_eq!(with_module[&4].serial, "");
+        assert_eq!(with_module[&4].slot_id, None);
         assert!(parse_expected(&["1".into()]).is_err());
         assert!(parse_expected(&["1=a".into(), "1=b".into()]).is_err());
+    }
+
+    #[test]
+    fn empty_serial_needs_module() {
+        assert!(parse_expected(&["3=".into()]).is_err());
+        assert!(parse_expected(&["3=@".into()]).is_err());
+        let pinned = parse_expected(&["3=@hsm2:0x1a".into()]).unwrap();
+        assert_eq!(pinned[&3].module, "hsm2");
+        assert_eq!(pinned[&3].slot_id, Some(0x1a));
+        let decimal = parse_expected(&["3=@hsm2:26".into()]).unwrap();
+        assert_eq!(decimal[&3].slot_id, Some(26));
+        let colon_in_name = parse_expected(&["3=@vendor:a".into()]).unwrap();
+        assert_eq!(colon_in_name[&3].module, "vendor:a");
+        assert_eq!(colon_in_name[&3].slot_id, None);
     }
 
     #[test]

@@ -235,6 +235,18 @@ fn extension_list(
             path.display()
         ));
     }
+    // SAFETY: checked non-NULL; the list starts with its version.
+    let version = unsafe { (*list).version };
+    if u32::from(version.major) != sys::P11WLD_VERSION_MAJOR {
+        return Err(format!(
+            "{} has p11wld extension version {}.{}, but this program needs {}.x; install a \
+             libp11wld.so and p11wld of one release",
+            path.display(),
+            version.major,
+            version.minor,
+            sys::P11WLD_VERSION_MAJOR
+        ));
+    }
     Ok(list)
 }
 
