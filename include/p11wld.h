@@ -111,6 +111,31 @@ typedef struct P11WLD_MEMBER_STATUS {
     p11wld_rv last_error;
 } P11WLD_MEMBER_STATUS;
 
+/* P11WLD_MODULE_STATUS.state */
+/* Initialized, and C_GetSlotList lists at least one slot. */
+#define P11WLD_MODULE_UP 0UL
+/* C_Initialize failed, so the calling process never learns its tokens. */
+#define P11WLD_MODULE_NOT_INITIALIZED 1UL
+/* C_GetSlotList failed (error is its code) or listed no slot. */
+#define P11WLD_MODULE_NO_SLOTS 2UL
+
+/* One configured module, as the calling process reaches it now. A module
+ * that is not P11WLD_MODULE_UP is unreachable: replicating to all members
+ * of a WLD slot and verifying a WLD slot are then rejected. */
+typedef struct P11WLD_MODULE_STATUS {
+    char module_name[P11WLD_MODULE_NAME_SIZE];
+    /* P11WLD_MODULE_* */
+    p11wld_ulong state;
+    /* Slots C_GetSlotList listed; 0 unless state is P11WLD_MODULE_UP. */
+    p11wld_ulong slot_count;
+    /* Members of WLD slots on the module, and how many of them are down. */
+    p11wld_ulong member_count;
+    p11wld_ulong members_down;
+    /* With P11WLD_MODULE_NO_SLOTS, the code C_GetSlotList returned, or
+     * CKR_OK when it listed no slot; else CKR_OK. */
+    p11wld_rv error;
+} P11WLD_MODULE_STATUS;
+
 /* P11WLD_SLOT_REF.kind */
 /* By position and expected serial. An empty expected serial means that the
  * caller expects an uninitialized token with an empty serial there, and
@@ -183,8 +208,10 @@ typedef void (*P11WLD_PROGRESS_CALLBACK)(void *context,
  * rejects the whole run before anything is written. */
 #define P11WLD_REPLICATE_SKIP_UNEXTRACTABLE 0x2UL
 /* Replicate to every other member of the master's WLD slot; destinations
- * must then be NULL with destination_count 0. A member that is not
- * reachable rejects the run before anything is written. */
+ * must then be NULL with destination_count 0. The run is rejected before
+ * anything is written unless every configured module is reachable
+ * (P11WLD_MODULE_UP) and every member of the slot is up and found, because
+ * a member left out would silently keep its old objects. */
 #define P11WLD_REPLICATE_ALL 0x4UL
 
 typedef struct P11WLD_REPLICATE_ARGS {
@@ -212,11 +239,14 @@ typedef struct P11WLD_REPLICATE_ARGS {
 
 /* P11WLD_VERIFY_ARGS.flags */
 /* Compare the members of the WLD slot wld_slot_id; master and others are
- * ignored. The first member that is reachable is the reference. */
+ * ignored. The first member in positional order is the reference. */
 #define P11WLD_VERIFY_WLD_SLOT 0x1UL
 /* Compare master with every other member of its WLD slot; others must be
  * NULL with other_count 0. */
 #define P11WLD_VERIFY_ALL 0x2UL
+/* With either flag, the comparison is rejected unless every configured
+ * module is reachable (P11WLD_MODULE_UP) and every member of the slot is up
+ * and found, because a member left out would pass unchecked. */
 
 typedef struct P11WLD_VERIFY_ARGS {
     p11wld_ulong flags;
@@ -442,6 +472,10 @@ typedef struct P11WLD_FUNCTION_LIST {
                                    p11wld_ulong *count);
     /* Releases a report; its handle names nothing afterwards. */
     p11wld_rv (*FreeReport)(P11WLD_REPORT_HANDLE report);
+    /* Lists every configured module, in configuration order, with whether
+     * the calling process reaches it. */
+    p11wld_rv (*GetModuleStatus)(P11WLD_MODULE_STATUS *modules,
+                                 p11wld_ulong *count);
 } P11WLD_FUNCTION_LIST;
 
 /* Sets *list to the extension's function list. */

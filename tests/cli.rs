@@ -37,8 +37,14 @@ isolated! {
         let lab = lab(Reach::P11Kit, &[Start::Stale], |_| {});
         let output = run(&lab.config, &["--json", "status"], &Pins { so: None, user: None });
         assert!(output.status.success(), "{}", describe(&output));
-        let members = json(&output);
-        let members = members.as_array().unwrap();
+        let status = json(&output);
+        let modules = status["modules"].as_array().unwrap();
+        assert_eq!(modules.len(), 2, "{modules:#?}");
+        for module in modules {
+            assert_eq!(module["state"], "up", "{module}");
+            assert_eq!(module["members"], 1, "{module}");
+        }
+        let members = status["members"].as_array().unwrap();
         assert_eq!(members.len(), 2, "{members:#?}");
         for member in members {
             assert_eq!(member["state"], "up");
@@ -49,6 +55,31 @@ isolated! {
         let output = run(&lab.config, &["status"], &Pins { so: None, user: None });
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(text.contains(&lab.stale_serials[&1]), "{text}");
+    }
+
+    /// A module whose C_Initialize fails is shown by `status`, and it
+    /// rejects `verify`, because its tokens are unknown.
+    #[timeout(120)]
+    fn status_shows_unreachable_module() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let tokens = lab.hsms[1].softhsm().token_dir();
+        std::fs::rename(&tokens, tokens.with_extension("gone")).expect("renaming hsm2's tokens");
+
+        let output = run(&lab.config, &["--json", "status"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let status = json(&output);
+        assert_eq!(status["modules"][0]["state"], "up", "{status:#}");
+        assert_eq!(status["modules"][1]["module"], "hsm2", "{status:#}");
+        assert_eq!(status["modules"][1]["state"], "not-initialized", "{status:#}");
+        let members = status["members"].as_array().unwrap();
+        assert_eq!(members.len(), 1, "only hsm1's member is known: {members:#?}");
+
+        let output = run(&lab.config, &["verify"], &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
+        assert!(reasons[0].contains("module hsm2 is not reachable (C_Initialize failed)"), "{stderr}");
     }
 
     /// Off a terminal, positions without expected serials are rejected,

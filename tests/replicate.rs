@@ -572,6 +572,46 @@ isolated! {
         check_nothing_written(&lab, None, Some(2));
     }
 
+    /// A process never learns the tokens of a module it cannot reach, so
+    /// while one HSM is down, replicating to all members and verifying WLD
+    /// slots are rejected with one line naming it, and nothing is written.
+    #[timeout(300)]
+    fn unreachable_hsm_rejects_all() {
+        let mut lab = lab(Reach::P11Kit, &[Start::Stale, Start::Stale], |_| {});
+        lab.hsms[2].served().kill_hard();
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        // Private keys cannot travel through p11-kit 0.24, so they are
+        // skipped, and only the unreachable module can reject the run.
+        let cases: [&[&str]; 4] = [
+            &["--json", "replicate", "-s", &master_uri, "-d", "all", "--skip-unextractable"],
+            &["--json", "verify"],
+            &["--json", "verify", "--wld-slot", "0"],
+            &["--json", "verify", "-s", &master_uri, "-d", "all"],
+        ];
+        for args in cases {
+            let output = run(&lab.config, args, &BOTH_PINS);
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {}", describe(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+            assert_eq!(reasons.len(), 1, "{args:?}: one reason: {stderr}");
+            assert!(reasons[0].contains("module hsm3 is not reachable"), "{args:?}: {stderr}");
+        }
+        check_nothing_written(&lab, None, Some(1));
+
+        let output = run(&lab.config, &["--json", "status"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let status = json(&output);
+        let modules = status["modules"].as_array().expect("status lists the modules");
+        let states: Vec<&str> = modules.iter().map(|m| m["state"].as_str().unwrap()).collect();
+        assert_eq!(states[..2], ["up", "up"], "{status:#}");
+        assert_ne!(states[2], "up", "{status:#}");
+        assert_eq!(modules[2]["module"], "hsm3");
+        let output = run(&lab.config, &["status"], &Pins { so: None, user: None });
+        let text = String::from_utf8_lossy(&output.stdout);
+        let hsm3 = text.lines().find(|l| l.starts_with("hsm3 ")).unwrap_or_else(|| panic!("{text}"));
+        assert!(!hsm3.contains(" up "), "{text}");
+    }
+
     /// SoftHSM2 gives a token it initializes a new slot id and serial; the
     /// run finds it again and writes the objects there.
     #[timeout(300)]

@@ -58,8 +58,8 @@ struct Cli {
 enum Command {
     /// List every physical slot with its positional number, label and serial
     List,
-    /// Show each WLD member's state, sessions and failures as this process
-    /// knows them
+    /// Show whether each configured module is reachable, and each WLD
+    /// member's state, sessions and failures as this process sees them
     Status,
     /// Copy every object and the label of a master token to other tokens
     Replicate(ReplicateArgs),
@@ -200,10 +200,13 @@ fn list(cli: &Cli, module: &Module) -> Result<(), Failure> {
 }
 
 fn status(cli: &Cli, module: &Module) -> Result<(), Failure> {
+    let modules = module.module_status()?;
     let members = module.member_status()?;
     if cli.json {
-        print_json(&output::members_json(&members))
+        print_json(&output::status_json(&modules, &members))
     } else {
+        print!("{}", output::modules_text(&modules));
+        println!();
         print!("{}", output::members_text(&members));
         Ok(())
     }
@@ -376,6 +379,18 @@ fn verify(cli: &Cli, module: &Module, args: &VerifyArgs, user_pin: &[u8]) -> Res
         let ids: Vec<u64> = match args.wld_slot {
             Some(id) => vec![id],
             None => {
+                // A module that is not reachable may hold members of any
+                // WLD slot, or of one this process never learned of.
+                let modules = module.module_status()?;
+                if let Some(reason) = modules.iter().find_map(output::unreachable_reason) {
+                    return Err(Failure(
+                        format!(
+                            "verify failed: {reason}, so no WLD slot was verified; every \
+                             configured module must be reachable"
+                        ),
+                        1,
+                    ));
+                }
                 let mut ids: Vec<u64> = module
                     .member_status()?
                     .iter()

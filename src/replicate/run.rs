@@ -46,12 +46,12 @@ struct Destination {
 pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress) -> Report {
     let mut report = Report::new(Kind::Replicate, request.flags);
     progress.report(Phase::Check, None);
-    let slots = slots::scan(instance);
+    let scan = slots::scan(instance);
 
-    let Some(master_slot) = resolve_master(&slots, request, &mut report) else {
+    let Some(master_slot) = resolve_master(&scan.slots, request, &mut report) else {
         return report;
     };
-    let Some(targets) = resolve_destinations(instance, &slots, &master_slot, request, &mut report)
+    let Some(targets) = resolve_destinations(instance, &scan, &master_slot, request, &mut report)
     else {
         return report;
     };
@@ -180,13 +180,16 @@ fn resolve_master(
 }
 
 /// Resolves every destination; any reference that fails rejects the run.
+/// With `all`, so does every reason why the members found may not be all
+/// of them, such as a configured module that is not reachable.
 fn resolve_destinations(
     instance: &Instance,
-    slots: &[PhysicalSlot],
+    scan: &slots::Scan,
     master: &PhysicalSlot,
     request: &Request,
     report: &mut Report,
 ) -> Option<Vec<PhysicalSlot>> {
+    let slots = scan.slots.as_slice();
     let mut targets: Vec<PhysicalSlot> = Vec::new();
     if request.all {
         let Some(wld_slot) = master.wld_slot else {
@@ -208,21 +211,14 @@ fn resolve_destinations(
                 .filter(|s| s.wld_slot == Some(wld_slot) && s.position != master.position)
                 .cloned(),
         );
-        let unreachable = instance.topology.members().into_iter().filter(|m| {
-            m.wld_slot == wld_slot
-                && !slots
-                    .iter()
-                    .any(|s| s.serial() == m.serial && s.module_index == m.module_index)
-        });
-        for member in unreachable {
+        for reason in slots::unreachable_members(instance, scan, wld_slot) {
             report.fail(
                 None,
                 ProblemKind::Slot,
                 CKR_DEVICE_REMOVED,
                 format!(
-                    "member {} of WLD slot {wld_slot} is not reachable, so nothing was written; \
-                     name the reachable destinations to replicate without it",
-                    member.describe()
+                    "{reason}, so replicating to all members of WLD slot {wld_slot} was \
+                     rejected and nothing was written; name the reachable destinations instead"
                 ),
             );
         }

@@ -85,34 +85,97 @@ pub fn token_state(module: &VendorModule, slot_id: CK_SLOT_ID) -> Option<TokenSt
     })
 }
 
+/// Whether a configured module answered the scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Initialized, and C_GetSlotList listed this many slots, at least one.
+    Up(usize),
+    /// C_Initialize failed, so this process never learns its tokens.
+    NotInitialized,
+    /// C_GetSlotList failed with this code, or listed no slot (CKR_OK).
+    NoSlots(CK_RV),
+}
+
+/// One configured module as the scan found it.
+#[derive(Clone)]
+pub struct ModuleState {
+    pub module: Arc<VendorModule>,
+    pub reach: Reach,
+    /// Members of WLD slots on the module, and how many of them are down.
+    pub members: usize,
+    pub members_down: usize,
+}
+
+impl ModuleState {
+    /// Describes why the module is not reachable, or returns `None` when
+    /// it is.
+    pub fn unreachable_reason(&self) -> Option<String> {
+        let name = &self.module.name;
+        match self.reach {
+            Reach::Up(_) => None,
+            Reach::NotInitialized => Some(format!(
+                "module {name} is not reachable (C_Initialize failed)"
+            )),
+            Reach::NoSlots(CKR_OK) => {
+                Some(format!("module {name} is not reachable (it lists no slot)"))
+            }
+            Reach::NoSlots(rv) => Some(format!(
+                "module {name} is not reachable (C_GetSlotList failed: {})",
+                crate::error::ckr_name(rv)
+            )),
+        }
+    }
+}
+
+/// The physical slots in positional order, and the state of every
+/// configured module, in configuration order.
+pub struct Scan {
+    pub slots: Vec<PhysicalSlot>,
+    pub modules: Vec<ModuleState>,
+}
+
 /// Lists every physical slot of every usable module, in positional order.
 /// A module whose slot list cannot be read is left out, so the positions
 /// after it shift, as they would if its device were unplugged.
-pub fn scan(instance: &Instance) -> Vec<PhysicalSlot> {
+pub fn scan(instance: &Instance) -> Scan {
     let members = instance.topology.members();
     let mut slots = Vec::new();
+    let mut modules = Vec::new();
     for (module_index, module) in instance.modules.iter().enumerate() {
+        let own: Vec<_> = members
+            .iter()
+            .filter(|m| m.module_index == module_index)
+            .collect();
+        let mut state = ModuleState {
+            module: module.clone(),
+            reach: Reach::NotInitialized,
+            members: own.len(),
+            members_down: own.iter().filter(|m| !m.is_up()).count(),
+        };
         if !module.is_usable() {
+            modules.push(state);
             continue;
         }
         let ids = match module.slot_list(false) {
             Ok(ids) => ids,
             Err(rv) => {
                 log::warn!("module {}: C_GetSlotList failed: {rv}", module.name);
+                state.reach = Reach::NoSlots(rv.0);
+                modules.push(state);
                 continue;
             }
         };
+        state.reach = if ids.is_empty() {
+            Reach::NoSlots(CKR_OK)
+        } else {
+            Reach::Up(ids.len())
+        };
+        modules.push(state);
         for slot_id in ids {
             let token = token_state(module, slot_id);
             let wld_slot = token.as_ref().and_then(|token| {
-                members
-                    .iter()
-                    .find(|m| {
-                        m.module_index == module_index
-                            && m.slot_id == slot_id
-                            && m.serial == token.serial
-                            && token.initialized
-                    })
+                own.iter()
+                    .find(|m| m.slot_id == slot_id && m.serial == token.serial && token.initialized)
                     .map(|m| m.wld_slot)
             });
             slots.push(PhysicalSlot {
@@ -125,7 +188,40 @@ pub fn scan(instance: &Instance) -> Vec<PhysicalSlot> {
             });
         }
     }
-    slots
+    Scan { slots, modules }
+}
+
+/// Lists the reasons why the members the scan found in `wld_slot` may not
+/// be all of them: every configured module that is not reachable, because
+/// its tokens may be members, every member that is down, and every member
+/// the scan did not find.
+pub fn unreachable_members(instance: &Instance, scan: &Scan, wld_slot: CK_SLOT_ID) -> Vec<String> {
+    let mut reasons: Vec<String> = scan
+        .modules
+        .iter()
+        .filter_map(ModuleState::unreachable_reason)
+        .collect();
+    for member in instance.topology.members() {
+        if member.wld_slot != wld_slot {
+            continue;
+        }
+        let found = scan
+            .slots
+            .iter()
+            .any(|s| s.module_index == member.module_index && s.serial() == member.serial);
+        if !member.is_up() {
+            reasons.push(format!(
+                "member {} of WLD slot {wld_slot} is down",
+                member.describe()
+            ));
+        } else if !found {
+            reasons.push(format!(
+                "member {} of WLD slot {wld_slot} is not found",
+                member.describe()
+            ));
+        }
+    }
+    reasons
 }
 
 /// A caller's name for a physical slot.

@@ -101,6 +101,12 @@ impl Module {
         })
     }
 
+    pub fn module_status(&self) -> Result<Vec<sys::P11WLD_MODULE_STATUS>, String> {
+        fetch("GetModuleStatus", |list, count| {
+            ext_call!(self, GetModuleStatus(list, count))
+        })
+    }
+
     pub fn member_status(&self) -> Result<Vec<sys::P11WLD_MEMBER_STATUS>, String> {
         fetch("GetMemberStatus", |list, count| {
             ext_call!(self, GetMemberStatus(list, count))

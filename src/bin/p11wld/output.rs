@@ -62,6 +62,92 @@ pub fn slots_text(slots: &[sys::P11WLD_PHYSICAL_SLOT]) -> String {
 }
 
 #[derive(Serialize)]
+pub struct ModuleJson {
+    module: String,
+    /// "up", "not-initialized" or "no-slots".
+    state: &'static str,
+    slots: u64,
+    members: u64,
+    members_down: u64,
+    /// The code of the failed C_GetSlotList, if it failed.
+    error: Option<&'static str>,
+}
+
+fn module_state(state: sys::p11wld_ulong) -> &'static str {
+    match state {
+        sys::P11WLD_MODULE_UP => "up",
+        sys::P11WLD_MODULE_NOT_INITIALIZED => "not-initialized",
+        sys::P11WLD_MODULE_NO_SLOTS => "no-slots",
+        _ => "unknown",
+    }
+}
+
+pub fn modules_json(modules: &[sys::P11WLD_MODULE_STATUS]) -> Vec<ModuleJson> {
+    modules
+        .iter()
+        .map(|m| ModuleJson {
+            module: text(&m.module_name),
+            state: module_state(m.state),
+            slots: m.slot_count,
+            members: m.member_count,
+            members_down: m.members_down,
+            error: (m.error != CKR_OK).then(|| ckr_name(m.error)),
+        })
+        .collect()
+}
+
+/// Describes why a module is not reachable, or returns `None` when it is.
+pub fn unreachable_reason(module: &sys::P11WLD_MODULE_STATUS) -> Option<String> {
+    let name = text(&module.module_name);
+    match module.state {
+        sys::P11WLD_MODULE_UP => None,
+        sys::P11WLD_MODULE_NOT_INITIALIZED => Some(format!(
+            "module {name} is not reachable (C_Initialize failed)"
+        )),
+        _ if module.error != CKR_OK => Some(format!(
+            "module {name} is not reachable (C_GetSlotList failed: {})",
+            ckr_name(module.error)
+        )),
+        _ => Some(format!("module {name} is not reachable (it lists no slot)")),
+    }
+}
+
+pub fn modules_text(modules: &[sys::P11WLD_MODULE_STATUS]) -> String {
+    let mut out = format!(
+        "{:<16} {:<15} {:>5} {:>7} {:>5}  {}\n",
+        "MODULE", "STATE", "SLOTS", "MEMBERS", "DOWN", "ERROR"
+    );
+    for m in modules_json(modules) {
+        out.push_str(&format!(
+            "{:<16} {:<15} {:>5} {:>7} {:>5}  {}\n",
+            m.module,
+            m.state,
+            m.slots,
+            m.members,
+            m.members_down,
+            m.error.unwrap_or("-"),
+        ));
+    }
+    out
+}
+
+#[derive(Serialize)]
+pub struct StatusJson {
+    modules: Vec<ModuleJson>,
+    members: Vec<MemberJson>,
+}
+
+pub fn status_json(
+    modules: &[sys::P11WLD_MODULE_STATUS],
+    members: &[sys::P11WLD_MEMBER_STATUS],
+) -> StatusJson {
+    StatusJson {
+        modules: modules_json(modules),
+        members: members_json(members),
+    }
+}
+
+#[derive(Serialize)]
 pub struct MemberJson {
     wld_slot: u64,
     module: String,
