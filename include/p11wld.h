@@ -375,7 +375,8 @@ typedef struct P11WLD_ACTION {
 } P11WLD_ACTION;
 
 /* P11WLD_PROBLEM.kind */
-/* A slot reference names no slot, or a slot whose serial differs. */
+/* A slot reference names no slot or another token than expected, a WLD
+ * slot id names no WLD slot, or a module or member is not reachable. */
 #define P11WLD_PROBLEM_SLOT 1UL
 /* A token's state forbids the run: master not initialized, a destination
  * with another label, the master among the destinations. */
@@ -439,7 +440,8 @@ typedef struct P11WLD_FUNCTION_LIST {
      * label and PIN is checked on every token before anything is written.
      * Returns CKR_OK when every destination holds every object of the
      * master, else the code of the first problem: for example
-     * CKR_SLOT_ID_INVALID (a reference no longer matches),
+     * CKR_ARGUMENTS_BAD (the master among the destinations, a destination
+     * named twice), CKR_SLOT_ID_INVALID (a reference no longer matches),
      * CKR_TOKEN_NOT_RECOGNIZED (a destination has another label),
      * CKR_PIN_INCORRECT, CKR_KEY_UNEXTRACTABLE. Sets *report to a new
      * report whenever the arguments were readable, also on failure, and to
@@ -452,7 +454,9 @@ typedef struct P11WLD_FUNCTION_LIST {
     /* Compares tokens without writing anything. Returns CKR_OK when the
      * tokens are equal, CKR_FUNCTION_FAILED when they differ (the
      * differences are in the report), or the code of the first problem
-     * that stopped the comparison. Sets *report as Replicate does. */
+     * that stopped the comparison, for example CKR_ARGUMENTS_BAD for a
+     * wld_slot_id that names no WLD slot. Sets *report as Replicate
+     * does. */
     p11wld_rv (*Verify)(const P11WLD_VERIFY_ARGS *args,
                         P11WLD_REPORT_HANDLE *report);
     /* Reads a report's summary. */

@@ -110,6 +110,45 @@ isolated! {
         assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
     }
 
+    /// Every invalid argument exits with 2 and one line on stderr, and
+    /// writes nothing: options that need others, the master among the
+    /// destinations, a destination named twice (also by a position and a
+    /// URI), and a WLD slot that does not exist.
+    #[timeout(120)]
+    fn invalid_arguments_exit_2() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial).to_string();
+        let stale_serial = lab.stale_serials[&1].clone();
+        let stale = position(&slots, "hsm2", &stale_serial).to_string();
+        let expect = format!("{master}={},{stale}={stale_serial}", lab.master_serial);
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        let stale_uri = format!("pkcs11:serial={stale_serial}");
+        let stale_twice = format!("{stale},{stale}");
+        let uris_twice = format!("{stale_uri},{stale_uri}");
+        let cases: [&[&str]; 10] = [
+            &["verify", "-d", &stale, "--expect-serial", "1=nonsense"],
+            &["verify", "--expect-serial", "1=nonsense"],
+            &["verify", "-d", "all"],
+            &["verify", "--wld-slot", "0", "--expect-serial", "0=nonsense"],
+            &["verify", "--wld-slot", "99"],
+            &["replicate", "-s", &master, "-d", &master, "--expect-serial", &expect],
+            &["replicate", "-s", &master, "-d", &stale_twice, "--expect-serial", &expect],
+            &["replicate", "-s", &master_uri, "-d", &uris_twice],
+            &["replicate", "-s", &master_uri, "-d", &master, "--expect-serial", &expect],
+            &["verify", "-s", &master_uri, "-d", &master, "--expect-serial", &expect],
+        ];
+        for args in cases {
+            let output = run(&lab.config, args, &BOTH_PINS);
+            assert_eq!(output.status.code(), Some(2), "{args:?}: {}", describe(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+            assert_eq!(reasons.len(), 1, "{args:?}: one reason: {stderr}");
+        }
+        let objects = snapshot(lab.hsms[1].softhsm(), &stale_serial);
+        assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
+    }
+
     /// A dry run by URIs shows the plan and writes nothing.
     #[timeout(120)]
     fn dry_run_writes_nothing() {

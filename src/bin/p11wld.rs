@@ -7,9 +7,11 @@
 //! configuration (P11WLD_CONFIG).
 //!
 //! Exit status: 0 on success; 1 when a run fails or `verify` finds
-//! differences; 2 for invalid arguments (slots, URIs, positions without
-//! expected serials off a terminal) or a module that cannot be loaded.
-//! Every failure prints one line with the reason on stderr.
+//! differences; 2 for invalid arguments (malformed options and slots,
+//! options without the ones they need, positions without expected serials
+//! off a terminal, a token named twice, a WLD slot that does not exist) or
+//! a module that cannot be loaded. Every failure prints one line with the
+//! reason on stderr.
 
 #[path = "p11wld/address.rs"]
 mod address;
@@ -101,7 +103,11 @@ struct ReplicateArgs {
 #[derive(Args)]
 struct VerifyArgs {
     /// Compare the members of this WLD slot [default: every WLD slot]
-    #[arg(long = "wld-slot", value_name = "ID", conflicts_with_all = ["source", "destinations"])]
+    #[arg(
+        long = "wld-slot",
+        value_name = "ID",
+        conflicts_with_all = ["source", "destinations", "expect_serial"]
+    )]
     wld_slot: Option<u64>,
     /// Reference token: a positional number or pkcs11:serial=SERIAL
     #[arg(
@@ -112,14 +118,20 @@ struct VerifyArgs {
     )]
     source: Option<String>,
     /// Tokens to compare with the reference, comma-separated, or `all`
-    #[arg(short = 'd', long = "destination", value_name = "SLOT[,SLOT...]|all")]
+    #[arg(
+        short = 'd',
+        long = "destination",
+        value_name = "SLOT[,SLOT...]|all",
+        requires = "source"
+    )]
     destinations: Option<String>,
     /// The serial expected at each positional number, as
     /// POSITION=SERIAL[@MODULE[:SLOT]]
     #[arg(
         long = "expect-serial",
         value_name = "POSITION=SERIAL[@MODULE[:SLOT]]",
-        value_delimiter = ','
+        value_delimiter = ',',
+        requires = "source"
     )]
     expect_serial: Vec<String>,
 }
@@ -133,8 +145,41 @@ impl From<String> for Failure {
     }
 }
 
+/// Exit status for invalid arguments, as clap uses it too.
+const USAGE: u8 = 2;
+
+/// Parses the command line. An invalid one gives one line on stderr, as
+/// every other failure does, and exit status 2.
+fn parse() -> Result<Cli, Failure> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        // --help and --version print to stdout and exit with 0.
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            let rendered = error.render().to_string();
+            let reason: Vec<&str> = rendered
+                .split("\n\n")
+                .next()
+                .unwrap_or_default()
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect();
+            let reason = reason.join(" ");
+            let reason = reason.strip_prefix("error: ").unwrap_or(&reason);
+            Err(Failure(format!("{reason}; see p11wld --help"), USAGE))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(Failure(message, status)) => {
+            eprintln!("p11wld: {message}");
+            return ExitCode::from(status);
+        }
+    };
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message, status)) => {
@@ -261,10 +306,13 @@ fn finish(
     rv: CK_RV,
     report: Option<module::Report>,
 ) -> Result<(), Failure> {
+    // The extension returns CKR_ARGUMENTS_BAD for requests no token state
+    // can satisfy, such as the master among the destinations.
+    let status = if rv == CKR_ARGUMENTS_BAD { USAGE } else { 1 };
     let Some(report) = report else {
         return Err(Failure(
             format!("{command} failed: {}", p11wld::error::ckr_name(rv)),
-            1,
+            status,
         ));
     };
     if cli.json {
@@ -286,7 +334,7 @@ fn finish(
         None if differences > 0 => format!("{command}: the tokens differ in {differences} places"),
         None => format!("{command} failed: {}", p11wld::error::ckr_name(rv)),
     };
-    Err(Failure(message, 1))
+    Err(Failure(message, status))
 }
 
 /// Builds the slot references of a run, with expected serials for
@@ -320,6 +368,7 @@ fn replicate(
     let destinations = address::parse_destinations(&args.destinations).map_err(usage)?;
     let mut named = vec![&source];
     named.extend(destinations.iter().flatten());
+    address::check_distinct(&named).map_err(usage)?;
     let action = if args.dry_run {
         "The dry run of the replication"
     } else {
@@ -429,6 +478,7 @@ fn verify(cli: &Cli, module: &Module, args: &VerifyArgs, user_pin: &[u8]) -> Res
     };
     let mut named = vec![&source];
     named.extend(others.iter().flatten());
+    address::check_distinct(&named).map_err(usage)?;
     let refs = references(module, &named, &args.expect_serial, "The verification")?;
     request.master = refs[0];
     let targets = &refs[1..];

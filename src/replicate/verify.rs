@@ -129,6 +129,15 @@ fn select(
         }
     };
 
+    if instance.topology.slot(wld_slot).is_err() {
+        report.fail(
+            None,
+            ProblemKind::Slot,
+            CKR_ARGUMENTS_BAD,
+            format!("WLD slot {wld_slot} does not exist"),
+        );
+        return None;
+    }
     let reference_position = reference.as_ref().map(|r| r.position);
     let mut tokens: Vec<PhysicalSlot> = reference.into_iter().collect();
     tokens.extend(

@@ -91,6 +91,28 @@ pub fn parse_destinations(text: &str) -> Result<Option<Vec<SlotArg>>, String> {
     Ok(Some(slots))
 }
 
+/// Checks that no slot is named twice. Two names of one token, such as a
+/// position and a URI, are caught by the extension.
+pub fn check_distinct(slots: &[&SlotArg]) -> Result<(), String> {
+    for (index, slot) in slots.iter().enumerate().skip(1) {
+        let name = match slot {
+            SlotArg::Position(position) => format!("position {position}"),
+            SlotArg::Serial { serial, .. } => format!("pkcs11:serial={serial}"),
+        };
+        let same = |other: &&SlotArg| match (slot, other) {
+            (SlotArg::Position(a), SlotArg::Position(b)) => a == b,
+            (SlotArg::Serial { serial: a, .. }, SlotArg::Serial { serial: b, .. }) => a == b,
+            _ => false,
+        };
+        if slots[..index].iter().any(same) {
+            return Err(format!(
+                "{name} is named twice; the source and each destination must be distinct tokens"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The token the operator expects at a position.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Expected {
@@ -368,6 +390,17 @@ mod tests {
         assert_eq!(with_module[&4].slot_id, None);
         assert!(parse_expected(&["1".into()]).is_err());
         assert!(parse_expected(&["1=a".into(), "1=b".into()]).is_err());
+    }
+
+    #[test]
+    fn slots_named_twice_rejected() {
+        let master = SlotArg::Position(0);
+        let other = SlotArg::Position(2);
+        let uri = parse_slot("pkcs11:serial=ab").unwrap();
+        assert!(check_distinct(&[&master, &other, &uri]).is_ok());
+        assert!(check_distinct(&[&master, &master]).is_err());
+        assert!(check_distinct(&[&master, &other, &other]).is_err());
+        assert!(check_distinct(&[&uri, &other, &uri]).is_err());
     }
 
     #[test]
