@@ -149,6 +149,42 @@ isolated! {
         assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
     }
 
+    /// `verify` of several WLD slots prints one JSON document with a
+    /// report per slot, and one line for the slot that differs.
+    #[timeout(120)]
+    fn verify_json_is_one_document() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let other = lab.hsms[1].softhsm().init_token("WLD_Other", crate::common::SO_PIN, crate::common::USER_PIN);
+
+        let output = run(&lab.config, &["--json", "verify"], &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let result = json(&output);
+        assert_eq!(result["command"], "verify");
+        assert_eq!(result["status"], "CKR_FUNCTION_FAILED", "{result:#}");
+        let reports = result["reports"].as_array().expect("one report per WLD slot");
+        assert_eq!(reports.len(), 2, "{result:#}");
+        let differing = reports
+            .iter()
+            .find(|r| r["tokens"][0]["label"] == MASTER_LABEL)
+            .expect("a report of the master's WLD slot");
+        let single = reports
+            .iter()
+            .find(|r| r["tokens"][0]["serial"] == other.as_str())
+            .expect("a report of WLD_Other's slot");
+        assert_ne!(differing["wld_slot"], single["wld_slot"]);
+        assert_eq!(differing["differences"], 8, "7 missing, 1 extra: {differing:#}");
+        assert_eq!(single["differences"], 0, "{single:#}");
+        assert_eq!(result["differences"], 8);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
+        assert!(reasons[0].contains("differ in 8 places"), "{stderr}");
+
+        let output = run(&lab.config, &["verify"], &BOTH_PINS);
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(text.matches("WLD slot ").count(), 2, "a heading per WLD slot: {text}");
+    }
+
     /// A dry run by URIs shows the plan and writes nothing.
     #[timeout(120)]
     fn dry_run_writes_nothing() {

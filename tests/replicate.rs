@@ -189,12 +189,16 @@ isolated! {
     }
 }
 
-/// Returns the problems of a report of `kind`.
+/// Returns the problems of `kind` of a report, or of every report of a
+/// `verify` result.
 fn problems<'a>(report: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
-    report["problems"]
-        .as_array()
-        .expect("the report lists problems")
-        .iter()
+    let reports: Vec<&serde_json::Value> = match report["reports"].as_array() {
+        Some(reports) => reports.iter().collect(),
+        None => vec![report],
+    };
+    reports
+        .into_iter()
+        .flat_map(|r| r["problems"].as_array().expect("the report lists problems"))
         .filter(|p| p["kind"] == kind)
         .collect()
 }

@@ -299,42 +299,99 @@ fn callback(bar: &Option<ProgressBar>) -> (sys::P11WLD_PROGRESS_CALLBACK, *mut c
     }
 }
 
-/// Prints a run's report and turns its code into the exit status.
-fn finish(
-    cli: &Cli,
-    command: &'static str,
+/// One call of Replicate or Verify: the WLD slot it compared, if it was
+/// called for one, its code, and its report, if the module made one.
+struct Outcome {
+    wld_slot: Option<u64>,
     rv: CK_RV,
     report: Option<module::Report>,
-) -> Result<(), Failure> {
-    // The extension returns CKR_ARGUMENTS_BAD for requests no token state
-    // can satisfy, such as the master among the destinations.
-    let status = if rv == CKR_ARGUMENTS_BAD { USAGE } else { 1 };
-    let Some(report) = report else {
-        return Err(Failure(
-            format!("{command} failed: {}", p11wld::error::ckr_name(rv)),
-            status,
-        ));
-    };
+}
+
+impl Outcome {
+    /// Returns the failure of the call, or `None` when it succeeded.
+    fn failure(&self, command: &str) -> Option<Failure> {
+        if self.rv == CKR_OK {
+            return None;
+        }
+        // The extension returns CKR_ARGUMENTS_BAD for requests no token
+        // state can satisfy, such as the master among the destinations.
+        let status = if self.rv == CKR_ARGUMENTS_BAD {
+            USAGE
+        } else {
+            1
+        };
+        let name = p11wld::error::ckr_name(self.rv);
+        let Some(report) = &self.report else {
+            return Some(Failure(format!("{command} failed: {name}"), status));
+        };
+        let differences = report.info.differences;
+        let reason = report
+            .problems
+            .iter()
+            .find(|p| p.flags & sys::P11WLD_PROBLEM_SKIPPED == 0 && p.rv != CKR_OK)
+            .map(|p| module::text(&p.message));
+        let message = match reason {
+            Some(reason) => format!("{command} failed: {reason}"),
+            None if differences > 0 => {
+                format!("{command}: the tokens differ in {differences} places")
+            }
+            None => format!("{command} failed: {name}"),
+        };
+        Some(Failure(message, status))
+    }
+}
+
+/// Prints a replication's report and turns its code into the exit status.
+fn finish_replicate(cli: &Cli, outcome: Outcome) -> Result<(), Failure> {
+    if let Some(report) = &outcome.report {
+        if cli.json {
+            print_json(&output::report_json("replicate", report))?;
+        } else {
+            print!("{}", output::report_text(report));
+        }
+    }
+    match outcome.failure("replicate") {
+        Some(failure) => Err(failure),
+        None => Ok(()),
+    }
+}
+
+/// Prints the reports of one or more verifications as one document, and
+/// turns the first failure into the exit status.
+fn finish_verify(cli: &Cli, outcomes: &[Outcome]) -> Result<(), Failure> {
     if cli.json {
-        print_json(&output::report_json(command, &report))?;
+        let reports: Vec<_> = outcomes
+            .iter()
+            .filter_map(|o| o.report.as_ref().map(|report| (o.wld_slot, report)))
+            .collect();
+        let first_failure = outcomes.iter().map(|o| o.rv).find(|&rv| rv != CKR_OK);
+        print_json(&output::verify_json(
+            first_failure.unwrap_or(CKR_OK),
+            &reports,
+        ))?;
     } else {
-        print!("{}", output::report_text(&report));
+        for outcome in outcomes {
+            let Some(report) = &outcome.report else {
+                continue;
+            };
+            if let Some(id) = outcome.wld_slot {
+                println!("WLD slot {id}:");
+            }
+            print!("{}", output::report_text(report));
+        }
     }
-    if rv == CKR_OK {
+    let mut failures = outcomes.iter().filter_map(|o| o.failure("verify"));
+    let Some(Failure(message, status)) = failures.next() else {
         return Ok(());
-    }
-    let differences = report.info.differences;
-    let reason = report
-        .problems
-        .iter()
-        .find(|p| p.flags & sys::P11WLD_PROBLEM_SKIPPED == 0 && p.rv != CKR_OK)
-        .map(|p| module::text(&p.message));
-    let message = match reason {
-        Some(reason) => format!("{command} failed: {reason}"),
-        None if differences > 0 => format!("{command}: the tokens differ in {differences} places"),
-        None => format!("{command} failed: {}", p11wld::error::ckr_name(rv)),
     };
-    Err(Failure(message, status))
+    let more = failures.count();
+    if more == 0 {
+        return Err(Failure(message, status));
+    }
+    Err(Failure(
+        format!("{message} (and {more} more WLD slots failed)"),
+        status,
+    ))
 }
 
 /// Builds the slot references of a run, with expected serials for
@@ -409,7 +466,12 @@ fn replicate(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    finish(cli, "replicate", rv, report)
+    let outcome = Outcome {
+        wld_slot: None,
+        rv,
+        report,
+    };
+    finish_replicate(cli, outcome)
 }
 
 fn verify(cli: &Cli, module: &Module, args: &VerifyArgs, user_pin: &[u8]) -> Result<(), Failure> {
@@ -452,22 +514,21 @@ fn verify(cli: &Cli, module: &Module, args: &VerifyArgs, user_pin: &[u8]) -> Res
         if ids.is_empty() {
             return Err(Failure("verify: no WLD slot has members".to_owned(), 1));
         }
-        let mut outcome = Ok(());
+        let mut outcomes = Vec::new();
         for id in ids {
             request.flags = sys::P11WLD_VERIFY_WLD_SLOT;
             request.wld_slot_id = id;
             let (rv, report) = module.verify(&request);
-            let result = finish(cli, "verify", rv, report);
-            if outcome.is_ok() {
-                outcome = result;
-            } else if let Err(Failure(message, _)) = result {
-                eprintln!("p11wld: {message}");
-            }
+            outcomes.push(Outcome {
+                wld_slot: Some(id),
+                rv,
+                report,
+            });
         }
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        return outcome;
+        return finish_verify(cli, &outcomes);
     };
 
     let usage = |m: String| Failure(m, 2);
@@ -492,5 +553,10 @@ fn verify(cli: &Cli, module: &Module, args: &VerifyArgs, user_pin: &[u8]) -> Res
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    finish(cli, "verify", rv, report)
+    let outcome = Outcome {
+        wld_slot: None,
+        rv,
+        report,
+    };
+    finish_verify(cli, &[outcome])
 }

@@ -286,6 +286,9 @@ struct ProblemJson {
 #[derive(Serialize)]
 pub struct ReportJson {
     command: &'static str,
+    /// The WLD slot a verification compared, when it was called for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wld_slot: Option<u64>,
     status: &'static str,
     dry_run: bool,
     master_objects: u64,
@@ -325,6 +328,7 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
     let index = |i: u64| (i != sys::P11WLD_NONE).then_some(i);
     ReportJson {
         command,
+        wld_slot: None,
         status: ckr_name(report.info.status),
         dry_run: report.info.kind == sys::P11WLD_REPORT_REPLICATE
             && report.info.flags & sys::P11WLD_REPLICATE_DRY_RUN != 0,
@@ -383,6 +387,36 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
                 message: text(&p.message),
             })
             .collect(),
+    }
+}
+
+/// The result of `verify`: one report per WLD slot compared, or one for
+/// the tokens named.
+#[derive(Serialize)]
+pub struct VerifyJson {
+    command: &'static str,
+    /// CKR_OK, or the code of the first verification that failed.
+    status: &'static str,
+    /// Differences over all reports.
+    differences: u64,
+    reports: Vec<ReportJson>,
+}
+
+/// Builds the result of `verify` from its reports, each with the WLD slot
+/// it compared, if it was called for one.
+pub fn verify_json(status: CK_RV, reports: &[(Option<u64>, &Report)]) -> VerifyJson {
+    let reports: Vec<ReportJson> = reports
+        .iter()
+        .map(|(wld_slot, report)| ReportJson {
+            wld_slot: *wld_slot,
+            ..report_json("verify", report)
+        })
+        .collect();
+    VerifyJson {
+        command: "verify",
+        status: ckr_name(status),
+        differences: reports.iter().map(|r| r.differences).sum(),
+        reports,
     }
 }
 
