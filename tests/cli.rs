@@ -149,6 +149,47 @@ isolated! {
         assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
     }
 
+    /// A dry run rejected because private keys cannot travel through
+    /// p11-kit still counts what it planned, and its text names the
+    /// destination by position and serial, not by report index.
+    #[timeout(120)]
+    fn rejected_dry_run_counts_plan() {
+        let lab = lab(Reach::P11Kit, &[Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let stale_serial = lab.stale_serials[&1].clone();
+        let stale = position(&slots, "hsm2", &stale_serial);
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        let stale_uri = format!("pkcs11:serial={stale_serial}");
+        let args = ["replicate", "--dry-run", "-s", master_uri.as_str(), "-d", stale_uri.as_str()];
+
+        let mut json_args = vec!["--json"];
+        json_args.extend(args);
+        let output = run(&lab.config, &json_args, &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["status"], "CKR_MECHANISM_INVALID", "{report:#}");
+        let actions = report["actions"].as_array().unwrap();
+        let creates = actions.iter().filter(|a| a["action"] == "create").count();
+        let removes = actions.iter().filter(|a| a["action"] == "remove").count();
+        assert_eq!(creates, 5, "every object but the two private keys: {actions:#?}");
+        assert_eq!(removes, 1, "{actions:#?}");
+        assert_eq!(report["tokens"][1]["created"], 5, "{report:#}");
+        assert_eq!(report["tokens"][1]["removed"], 1, "{report:#}");
+
+        let output = run(&lab.config, &args, &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        let heading = format!("destination position {stale} (hsm2 slot ");
+        assert!(text.contains(&heading), "{text}");
+        assert!(text.contains(&format!("serial {stale_serial}")), "{text}");
+        assert!(text.contains("to be created 5, to be replaced 0, to be removed 1"), "{text}");
+        assert_eq!(text.matches("  plan: create ").count(), 5, "{text}");
+        assert_eq!(text.matches("  plan: remove ").count(), 1, "{text}");
+        assert!(!text.contains("on token"), "{text}");
+        let objects = snapshot(lab.hsms[1].softhsm(), &stale_serial);
+        assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
+    }
+
     /// `verify` of several WLD slots prints one JSON document with a
     /// report per slot, and one line for the slot that differs.
     #[timeout(120)]
@@ -212,7 +253,7 @@ isolated! {
         assert!(output.status.success(), "{}", describe(&output));
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(text.contains("to be created 7"), "{text}");
-        assert!(text.contains("plan: remove"), "{text}");
+        assert!(text.contains("plan: remove data object label \"stale-object\""), "{text}");
         let objects = snapshot(lab.hsms[1].softhsm(), &stale);
         assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
     }

@@ -118,13 +118,15 @@ pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress
         );
         progress.total += dest.plan.steps();
     }
-    if report.status != CKR_OK {
-        return report;
-    }
     if request.dry_run {
+        // A rejected dry run reports its plan too, so the counts match the
+        // planned actions.
         for dest in &destinations {
             count_planned(&dest.plan, &mut report.tokens[dest.token]);
         }
+        return report;
+    }
+    if report.status != CKR_OK {
         return report;
     }
 

@@ -282,10 +282,15 @@ fn fetch<T: Default + Clone>(
     Err(format!("{name} failed: the list kept growing"))
 }
 
-/// Reads a NUL-terminated text field.
-pub fn text(field: &[c_char]) -> String {
+/// Returns the bytes of a NUL-terminated text field, without the NUL.
+pub fn field_bytes(field: &[c_char]) -> &[u8] {
     // SAFETY: c_char and u8 have the same size and alignment.
     let bytes: &[u8] = unsafe { std::slice::from_raw_parts(field.as_ptr().cast(), field.len()) };
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    &bytes[..end]
+}
+
+/// Reads a NUL-terminated text field.
+pub fn text(field: &[c_char]) -> String {
+    String::from_utf8_lossy(field_bytes(field)).into_owned()
 }

@@ -1,7 +1,7 @@
 //! Text and JSON renderings of the module's results.
 
 use crate::address::describe_label;
-use crate::module::{text, Report};
+use crate::module::{field_bytes, text, Report};
 use crate::sys;
 use cryptoki_sys::*;
 use p11wld::error::ckr_name;
@@ -420,16 +420,34 @@ pub fn verify_json(status: CK_RV, reports: &[(Option<u64>, &Report)]) -> VerifyJ
     }
 }
 
+/// Describes a planned or written object: class, type, label and id.
+fn describe_object(object: &sys::P11WLD_OBJECT_REF) -> String {
+    let stored_len = (object.id_len as usize).min(object.id.len());
+    let subtype = (object.type_ != sys::P11WLD_NO_TYPE).then_some(object.type_);
+    let mut text = p11wld::replicate::objects::describe(
+        object.object_class,
+        subtype,
+        field_bytes(&object.label),
+        &object.id[..stored_len],
+    );
+    if object.id_len as usize > stored_len {
+        text.push_str("...");
+    }
+    text
+}
+
+/// Renders a report for people: each token with its counts, the plan of
+/// each destination of a dry run, then the problems.
 pub fn report_text(report: &Report) -> String {
     let json = report_json("", report);
+    let verifying = report.info.kind == sys::P11WLD_REPORT_VERIFY;
     let mut out = String::new();
-    for token in &json.tokens {
+    for (index, token) in json.tokens.iter().enumerate() {
         let serial = if token.serial.is_empty() {
             "(none)"
         } else {
             &token.serial
         };
-        let verifying = report.info.kind == sys::P11WLD_REPORT_VERIFY;
         let role = match (token.role, verifying) {
             ("master", true) => "reference",
             (_, true) => "compared",
@@ -448,38 +466,41 @@ pub fn report_text(report: &Report) -> String {
         } else if token.user_pin_set {
             out.push_str("  user PIN set by this run\n");
         }
-        if report.info.kind == sys::P11WLD_REPORT_VERIFY {
+        if verifying {
             out.push_str(&format!(
                 "  {} equal, {} differences\n",
                 token.unchanged, token.differences
             ));
-        } else {
-            let verb = if json.dry_run { "to be " } else { "" };
-            out.push_str(&format!(
-                "  {verb}created {}, {verb}replaced {} ({} of these keys wrapped), \
-                 {verb}removed {}, unchanged {}, skipped {}\n",
-                token.created,
-                token.replaced,
-                token.wrapped,
-                token.removed,
-                token.unchanged,
-                token.skipped
-            ));
+            continue;
         }
-    }
-    if json.dry_run {
-        for action in &json.actions {
+        let (verb, wrapped) = if json.dry_run {
+            ("to be ", "to travel wrapped")
+        } else {
+            ("", "travelled wrapped")
+        };
+        out.push_str(&format!(
+            "  {verb}created {}, {verb}replaced {}, {verb}removed {}; unchanged {}, skipped {}; \
+             {} keys {wrapped}\n",
+            token.created,
+            token.replaced,
+            token.removed,
+            token.unchanged,
+            token.skipped,
+            token.wrapped,
+        ));
+        if !json.dry_run {
+            continue;
+        }
+        let planned = report
+            .actions
+            .iter()
+            .filter(|a| a.token_index == index as sys::p11wld_ulong);
+        for action in planned {
+            let how = if action.wrapped != 0 { ", wrapped" } else { "" };
             out.push_str(&format!(
-                "  plan: {} {} on token {}: label \"{}\" id {}\n",
-                action.action,
-                if action.wrapped { "(wrapped)" } else { "" },
-                action.token,
-                action.object.label,
-                if action.object.id.is_empty() {
-                    "(none)"
-                } else {
-                    &action.object.id
-                }
+                "  plan: {} {}{how}\n",
+                action_kind(action.kind),
+                describe_object(&action.object)
             ));
         }
     }
