@@ -443,12 +443,18 @@ typedef struct P11WLD_FUNCTION_LIST {
      * CKR_ARGUMENTS_BAD (the master among the destinations, a destination
      * named twice), CKR_SLOT_ID_INVALID (a reference no longer matches),
      * CKR_TOKEN_NOT_RECOGNIZED (a destination has another label),
-     * CKR_PIN_INCORRECT, CKR_KEY_UNEXTRACTABLE. Sets *report to a new
-     * report whenever the arguments were readable, also on failure, and to
-     * 0 otherwise. Checking the SO PIN needs an SO login, which a token
-     * rejects (CKR_SESSION_READ_ONLY_EXISTS) while the calling process has
-     * read-only sessions on it, so call it from a process that has none,
-     * such as the p11wld program. */
+     * CKR_PIN_INCORRECT, CKR_KEY_UNEXTRACTABLE.
+     * When a device fails during the writes (CKR_DEVICE_ERROR,
+     * CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT, CKR_SESSION_HANDLE_INVALID,
+     * CKR_SESSION_CLOSED, or CKR_GENERAL_ERROR while C_GetSessionInfo fails
+     * too), nothing more is written to it, or to any destination if it is
+     * the master's. The failure is then one problem of kind
+     * P11WLD_PROBLEM_FAILED, not one per object left.
+     * Sets *report to a new report whenever the arguments were readable,
+     * also on failure, and to 0 otherwise. Checking the SO PIN needs an SO
+     * login, which a token rejects (CKR_SESSION_READ_ONLY_EXISTS) while the
+     * calling process has read-only sessions on it, so call it from a
+     * process that has none, such as the p11wld program. */
     p11wld_rv (*Replicate)(const P11WLD_REPLICATE_ARGS *args,
                            P11WLD_REPORT_HANDLE *report);
     /* Compares tokens without writing anything. Returns CKR_OK when the

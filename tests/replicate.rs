@@ -778,6 +778,132 @@ isolated! {
     }
 }
 
+isolated! {
+    /// The destination's HSM dies in the middle of the copy: the run stops
+    /// writing to it, reports the failure once instead of once per object
+    /// left, and exits with 1.
+    #[timeout(300)]
+    fn dead_destination_reported_once() {
+        let mut lab = lab_with_master(Reach::P11Kit, &[Start::Uninitialized], |session| {
+            for n in 0..MANY_OBJECTS {
+                create_data_object(session, &format!("bulk-{n:04}"), format!("value {n}").as_bytes());
+            }
+        });
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let fresh = position(&slots, "hsm2", "");
+        let expect = expect_serials(&slots, &[master, fresh]);
+        let (master_arg, fresh_arg) = (master.to_string(), fresh.to_string());
+        let child = command(
+            &lab.config,
+            &["--json", "replicate", "-s", &master_arg, "-d", &fresh_arg, "--expect-serial", &expect],
+            &BOTH_PINS,
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("p11wld starts");
+
+        let started = std::time::Instant::now();
+        while object_files(lab.hsms[1].softhsm()) < MANY_OBJECTS / 4 {
+            assert!(started.elapsed().as_secs() < 120, "the copy did not start");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        lab.hsms[1].served().kill_hard();
+        let output = child.wait_with_output().expect("p11wld exits");
+        let written = object_files(lab.hsms[1].softhsm());
+        assert!(written < MANY_OBJECTS, "killed in the middle: {written} objects");
+
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        let problems = report["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 1, "one problem for the dead device: {problems:#?}");
+        let message = problems[0]["message"].as_str().unwrap();
+        assert!(message.contains("its device failed"), "{message}");
+        assert_eq!(problems[0]["token"], 1, "{problems:#?}");
+        assert_ne!(report["status"], "CKR_OK");
+        assert_eq!(report["tokens"][1]["complete"], false);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
+        assert!(stderr.lines().count() < 10, "no line per object left: {stderr}");
+    }
+}
+
+/// Secret keys on the master of the test whose master dies: each travels
+/// wrapped, so each copy calls the master.
+const MANY_KEYS: usize = 300;
+
+isolated! {
+    /// The master's HSM dies in the middle of the copy to the first of two
+    /// destinations: the run stops, reports the master's failure once and
+    /// the destination it did not reach once, and exits with 1.
+    #[timeout(300)]
+    fn dead_master_reported_once() {
+        use cryptoki::object::Attribute;
+        let mut lab = lab_with_master(Reach::P11Kit, &[Start::Uninitialized, Start::Uninitialized], |session| {
+            for n in 0..MANY_KEYS {
+                session
+                    .generate_key(
+                        &Mechanism::AesKeyGen,
+                        &[
+                            Attribute::Token(true),
+                            Attribute::Private(true),
+                            Attribute::Sensitive(true),
+                            Attribute::Extractable(true),
+                            Attribute::Encrypt(true),
+                            Attribute::ValueLen(32.into()),
+                            Attribute::Label(format!("key-{n:04}").into_bytes()),
+                        ],
+                    )
+                    .unwrap();
+            }
+        });
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let first = position(&slots, "hsm2", "");
+        let second = position(&slots, "hsm3", "");
+        let expect = expect_serials(&slots, &[master, first, second]);
+        let master_arg = master.to_string();
+        let targets = format!("{first},{second}");
+        let child = command(
+            &lab.config,
+            &["--json", "replicate", "-s", &master_arg, "-d", &targets, "--expect-serial", &expect],
+            &BOTH_PINS,
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("p11wld starts");
+
+        let started = std::time::Instant::now();
+        while object_files(lab.hsms[1].softhsm()) < MANY_KEYS / 4 {
+            assert!(started.elapsed().as_secs() < 120, "the copy did not start");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        lab.hsms[0].served().kill_hard();
+        let output = child.wait_with_output().expect("p11wld exits");
+        assert!(object_files(lab.hsms[1].softhsm()) < MANY_KEYS, "killed in the middle");
+
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        let problems = report["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 2, "the master's failure and the skipped destination: {problems:#?}");
+        let master_failure = problems[0]["message"].as_str().unwrap();
+        assert!(master_failure.contains("the master's device failed"), "{master_failure}");
+        assert_eq!(problems[0]["token"], 0, "{problems:#?}");
+        let skipped = problems[1]["message"].as_str().unwrap();
+        assert!(skipped.contains(&format!("position {second} (hsm3")), "{skipped}");
+        assert!(
+            tokens(&lab, 2).iter().all(|t| !t.initialized),
+            "the second destination was not touched"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
+    }
+}
+
 /// Fills a master with 1,000 objects of mixed kinds: 100 EC key pairs and
 /// 100 AES keys generated on the token (sensitive, extractable), 100
 /// certificates and 600 data objects.

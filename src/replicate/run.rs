@@ -1,6 +1,6 @@
 //! A replication run: every check on every token first, then the writes.
 
-use super::copy::{self, Writer};
+use super::copy::{self, Writer, Written};
 use super::objects::Object;
 use super::plan::{self, CannotTravel, Plan, Route};
 use super::report::{
@@ -131,9 +131,9 @@ pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress
     }
 
     let mut initialized_any = false;
-    for dest in &mut destinations {
+    for (index, dest) in destinations.iter_mut().enumerate() {
         initialized_any |= dest.session.is_none();
-        write_destination(
+        let written = write_destination(
             dest,
             &master,
             &master_objects,
@@ -142,6 +142,10 @@ pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress
             &mut report,
             progress,
         );
+        if written == Written::MasterLost {
+            skip_destinations(&mut destinations[index + 1..], &mut report, progress);
+            break;
+        }
     }
     if initialized_any {
         instance
@@ -566,6 +570,27 @@ fn count_planned(plan: &Plan, entry: &mut TokenEntry) {
     entry.removed = plan.removes.len();
 }
 
+/// Records, once, the destinations not written because the master's
+/// device failed.
+fn skip_destinations(skipped: &mut [Destination], report: &mut Report, progress: &mut Progress) {
+    if skipped.is_empty() {
+        return;
+    }
+    let names: Vec<String> = skipped.iter().map(|d| d.slot.describe()).collect();
+    report.fail(
+        None,
+        ProblemKind::Failed,
+        CKR_DEVICE_ERROR,
+        format!(
+            "the master's device failed, so these destinations were not written: {}",
+            names.join(", ")
+        ),
+    );
+    for dest in skipped {
+        progress.done += dest.plan.steps();
+    }
+}
+
 fn write_destination(
     dest: &mut Destination,
     master: &TokenSession,
@@ -574,7 +599,7 @@ fn write_destination(
     request: &Request,
     report: &mut Report,
     progress: &mut Progress,
-) {
+) -> Written {
     if dest.session.is_none() || dest.needs_user_pin {
         progress.report(Phase::Initialize, Some(dest.token));
         match prepare(dest, master_slot.label(), request, report) {
@@ -590,12 +615,12 @@ fn write_destination(
                     ),
                 );
                 progress.done += dest.plan.steps();
-                return;
+                return Written::Incomplete;
             }
         }
     }
     let Some(session) = &dest.session else {
-        return;
+        return Written::Incomplete;
     };
     let writer = Writer {
         master,
@@ -603,10 +628,13 @@ fn write_destination(
         dest: session,
         dest_objects: &dest.objects,
         token: dest.token,
+        name: dest.slot.describe(),
         actions: std::mem::take(&mut dest.actions),
     };
-    let complete = writer.run(&dest.plan, report, progress);
-    report.tokens[dest.token].complete = complete && dest.plan.blocked.is_empty();
+    let written = writer.run(&dest.plan, report, progress);
+    report.tokens[dest.token].complete =
+        written == Written::Complete && dest.plan.blocked.is_empty();
+    written
 }
 
 /// Initializes an uninitialized destination, or sets the user PIN of one

@@ -48,7 +48,7 @@ impl PhysicalSlot {
         let serial = self.serial();
         let serial = if serial.is_empty() { "none" } else { serial };
         format!(
-            "position {} ({} slot {}, serial {serial})",
+            "position {} ({} slot {:#x}, serial {serial})",
             self.position, self.module.name, self.slot_id
         )
     }
@@ -311,7 +311,7 @@ pub fn resolve<'a>(
                     format!("serial {}", token.serial)
                 };
                 return Err(format!(
-                    "{reference}: the token there now has {found} ({} slot {}); positions \
+                    "{reference}: the token there now has {found} ({} slot {:#x}); positions \
                      shift when a device drops out, so list the slots again",
                     slot.module.name, slot.slot_id
                 ));
