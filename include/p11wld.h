@@ -15,8 +15,13 @@
  * the count, then a buffer of that many entries. A buffer that is too small
  * gives CKR_BUFFER_TOO_SMALL with the count needed.
  *
- * Text fields are NUL-terminated UTF-8, unlike PKCS#11's blank-padded ones;
- * text longer than a field is cut at a character boundary.
+ * Text fields are NUL-terminated, unlike PKCS#11's blank-padded ones.
+ * Token and object labels in P11WLD_PHYSICAL_SLOT, P11WLD_TOKEN_REPORT and
+ * P11WLD_OBJECT_REF carry the bytes the token stores: PKCS#11 defines them
+ * as UTF-8, but a token can hold any bytes, and callers that print them
+ * should escape control characters and invalid UTF-8. A label byte 0 ends
+ * the field early. Every other text field is UTF-8, cut at a character
+ * boundary when longer than the field.
  *
  * Replication and verification take the tokens by slot reference: a
  * positional number from ListPhysicalSlots together with the token serial
@@ -81,9 +86,9 @@ typedef struct P11WLD_PHYSICAL_SLOT {
     char module_name[P11WLD_MODULE_NAME_SIZE];
     /* The vendor module's own slot id. */
     p11wld_ulong vendor_slot_id;
-    /* Token label and serial with the padding blanks removed; empty when no
-     * token is present. An uninitialized token has an empty label and may
-     * have an empty serial. */
+    /* Token label (its bytes as stored) and serial with the padding blanks
+     * removed; empty when no token is present. An uninitialized token has
+     * an empty label and may have an empty serial. */
     char label[P11WLD_LABEL_SIZE];
     char serial[P11WLD_SERIAL_SIZE];
     /* P11WLD_SLOT_* bits. */
@@ -354,7 +359,7 @@ typedef struct P11WLD_OBJECT_REF {
     /* CKA_KEY_TYPE of a key, CKA_CERTIFICATE_TYPE of a certificate, else
      * P11WLD_NO_TYPE. */
     p11wld_ulong type;
-    /* CKA_LABEL as text (invalid UTF-8 replaced), cut to 64 bytes. */
+    /* The first 64 bytes of CKA_LABEL, as the token stores them. */
     char label[P11WLD_OBJECT_LABEL_SIZE];
     /* The first 32 bytes of CKA_ID, and its full length. */
     unsigned char id[P11WLD_OBJECT_ID_SIZE];

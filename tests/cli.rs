@@ -190,6 +190,39 @@ isolated! {
         assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
     }
 
+    /// A label with a carriage return, which could overwrite what a
+    /// terminal shows, is printed escaped by every text output and on
+    /// stderr, and exactly in JSON.
+    #[timeout(120)]
+    fn control_characters_escaped() {
+        let evil = "EVIL\r  position 9: WLD_A, serial";
+        let escaped = "EVIL\\r  position 9: WLD_A, serial";
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+        let evil_serial = lab.hsms[1].softhsm().init_token(evil, crate::common::SO_PIN, crate::common::USER_PIN);
+        let none = Pins { so: None, user: None };
+
+        let slots = list(&lab.config);
+        assert!(slots.iter().any(|s| s["label"] == evil), "JSON keeps the label exact: {slots:#?}");
+
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        let evil_uri = format!("pkcs11:serial={evil_serial}");
+        let cases: [(&[&str], &Pins, Option<i32>); 3] = [
+            (&["list"], &none, Some(0)),
+            (&["status"], &none, Some(0)),
+            (&["replicate", "-s", &master_uri, "-d", &evil_uri], &BOTH_PINS, Some(1)),
+        ];
+        for (args, pins, code) in cases {
+            let output = run(&lab.config, args, pins);
+            assert_eq!(output.status.code(), code, "{args:?}: {}", describe(&output));
+            assert!(!output.stdout.contains(&b'\r'), "{args:?}: a raw CR on stdout: {}", describe(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+            assert!(reasons.iter().all(|l| !l.contains('\r')), "{args:?}: a raw CR on stderr: {stderr}");
+            let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), reasons.join("\n"));
+            assert!(all.contains(escaped), "{args:?}: the label escaped: {}", describe(&output));
+        }
+    }
+
     /// `verify` of several WLD slots prints one JSON document with a
     /// report per slot, and one line for the slot that differs.
     #[timeout(120)]

@@ -647,6 +647,43 @@ isolated! {
     }
 }
 
+isolated! {
+    /// A label that is not valid UTF-8 (31 times "A", then the byte 0xE2)
+    /// reaches the destination byte for byte; the CLI prints it escaped,
+    /// and its JSON carries the bytes in hex.
+    #[timeout(300)]
+    fn invalid_utf8_label_copied_exactly() {
+        let mut label = [b'A'; 32];
+        label[31] = 0xE2;
+        let lab = lab_with_label(Reach::Direct, &[Start::Uninitialized], &label, |session| {
+            create_data_object(session, DATA_LABEL, DATA_VALUE);
+        });
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let fresh = position(&slots, "hsm2", "");
+        let output = replicate(&lab, &slots, master, &[fresh], &[], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let report = json(&output);
+        let serial = report["tokens"][1]["serial"].as_str().unwrap().to_owned();
+        let field = raw_token_label(lab.hsms[1].softhsm(), &serial);
+        assert_eq!(field, label, "label field {field:02x?}");
+
+        let hex: String = label.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(report["tokens"][0]["label_hex"], hex.as_str(), "{report:#}");
+        assert_eq!(report["tokens"][1]["label_hex"], hex.as_str(), "{report:#}");
+        let slots = list(&lab.config);
+        let labelled = slots.iter().filter(|s| s["label_hex"] == hex.as_str()).count();
+        assert_eq!(labelled, 2, "the master and its copy: {slots:#?}");
+
+        let output = run(&lab.config, &["list"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8(output.stdout).expect("list prints UTF-8");
+        let escaped = format!("{}\\xe2", "A".repeat(31));
+        assert_eq!(text.matches(&escaped).count(), 2, "{text}");
+        assert!(!text.contains('\u{fffd}'), "{text}");
+    }
+}
+
 /// Reads the raw 32-byte label field of token `serial` with
 /// C_GetTokenInfo, which the cryptoki crate trims.
 fn raw_token_label(softhsm: &common::SoftHsm, serial: &str) -> [u8; 32] {

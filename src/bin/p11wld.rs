@@ -33,6 +33,7 @@ use clap::{Args, Parser, Subcommand};
 use cryptoki_sys::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use module::Module;
+use p11wld::replicate::display::escape_nonprintable;
 use std::ffi::c_void;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -139,6 +140,16 @@ struct VerifyArgs {
 /// A failure: the one-line reason and the exit status.
 struct Failure(String, u8);
 
+impl Failure {
+    /// Prints the reason on stderr, escaped because it can quote a token's
+    /// label, and returns the exit status.
+    fn report(self) -> ExitCode {
+        let Failure(message, status) = self;
+        eprintln!("p11wld: {}", escape_nonprintable(message.as_bytes()));
+        ExitCode::from(status)
+    }
+}
+
 impl From<String> for Failure {
     fn from(message: String) -> Failure {
         Failure(message, 1)
@@ -175,17 +186,11 @@ fn parse() -> Result<Cli, Failure> {
 fn main() -> ExitCode {
     let cli = match parse() {
         Ok(cli) => cli,
-        Err(Failure(message, status)) => {
-            eprintln!("p11wld: {message}");
-            return ExitCode::from(status);
-        }
+        Err(failure) => return failure.report(),
     };
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(message, status)) => {
-            eprintln!("p11wld: {message}");
-            ExitCode::from(status)
-        }
+        Err(failure) => failure.report(),
     }
 }
 

@@ -84,6 +84,16 @@ pub(crate) fn copy_text(field: &mut [std::ffi::c_char], text: &str) {
     }
 }
 
+/// Copies `bytes` unchanged into a NUL-terminated C field, cut to fit.
+/// A label is copied this way because it may not be UTF-8.
+pub(crate) fn copy_bytes(field: &mut [std::ffi::c_char], bytes: &[u8]) {
+    field.fill(0);
+    let room = field.len().saturating_sub(1);
+    for (dst, src) in field.iter_mut().zip(bytes.iter().take(room)) {
+        *dst = *src as std::ffi::c_char;
+    }
+}
+
 /// Lists every physical slot of every usable module, in positional order.
 pub fn physical_slots(instance: &Instance) -> Vec<P11WLD_PHYSICAL_SLOT> {
     slots::scan(instance)
@@ -105,7 +115,7 @@ pub fn physical_slots(instance: &Instance) -> Vec<P11WLD_PHYSICAL_SLOT> {
                 if token.user_pin_initialized {
                     entry.flags |= sys::P11WLD_SLOT_USER_PIN_INITIALIZED;
                 }
-                copy_text(&mut entry.label, &token.label);
+                copy_bytes(&mut entry.label, &token.label);
                 copy_text(&mut entry.serial, &token.serial);
             }
             if slot.wld_slot.is_some() {

@@ -2,6 +2,7 @@
 //! out its plan.
 
 use super::attributes::{Attr, DERIVED, KEY_MATERIAL, TOKEN_SET};
+use super::display::escape_nonprintable;
 use super::objects::Object;
 use super::plan::{Plan, Route, Step};
 use super::report::{ActionKind, ObjectName, Phase, Problem, ProblemKind, Progress, Report};
@@ -45,15 +46,12 @@ pub fn unwrap_template(object: &Object) -> Vec<Attr> {
         .collect()
 }
 
-/// Builds a 32-byte label field: blank-padded, never NUL-terminated, cut at
-/// a character boundary when longer.
-pub fn label_field(label: &str) -> [u8; 32] {
+/// Builds a 32-byte label field from a label read from another token's
+/// field: its bytes unchanged, blank-padded, never NUL-terminated.
+pub fn label_field(label: &[u8]) -> [u8; 32] {
     let mut field = [b' '; 32];
-    let mut end = label.len().min(32);
-    while !label.is_char_boundary(end) {
-        end -= 1;
-    }
-    field[..end].copy_from_slice(&label.as_bytes()[..end]);
+    let end = label.len().min(32);
+    field[..end].copy_from_slice(&label[..end]);
     field
 }
 
@@ -78,7 +76,7 @@ fn initialized_serials(module: &VendorModule) -> Result<HashSet<String>> {
 /// with this label whose serial the module did not show before.
 pub fn initialize(
     slot: &PhysicalSlot,
-    label: &str,
+    label: &[u8],
     so_pin: &[u8],
     user_pin: &[u8],
 ) -> Result<(CK_SLOT_ID, TokenState)> {
@@ -98,8 +96,9 @@ pub fn initialize(
         1 => found.remove(0),
         count => {
             log::error!(
-                "module {}: {count} new tokens labelled {label} after C_InitToken on slot {}",
+                "module {}: {count} new tokens labelled \"{}\" after C_InitToken on slot {:#x}",
                 module.name,
+                escape_nonprintable(label),
                 slot.slot_id
             );
             return Err(Rv(CKR_TOKEN_NOT_RECOGNIZED));
@@ -482,16 +481,16 @@ mod tests {
 
     #[test]
     fn label_field_blank_padded() {
-        let field = label_field("WLD_Slot_11");
+        let field = label_field(b"WLD_Slot_11");
         assert_eq!(&field[..11], b"WLD_Slot_11");
         assert!(field[11..].iter().all(|&b| b == b' '));
         assert!(!field.contains(&0));
     }
 
     #[test]
-    fn label_field_cut_at_char_boundary() {
-        let label = format!("{}é", "a".repeat(31));
-        let field = label_field(&label);
-        assert_eq!(field[31], b' ');
+    fn label_field_keeps_invalid_utf8() {
+        let mut label = vec![b'A'; 31];
+        label.push(0xE2);
+        assert_eq!(label_field(&label).as_slice(), label.as_slice());
     }
 }

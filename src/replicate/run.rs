@@ -1,6 +1,7 @@
 //! A replication run: every check on every token first, then the writes.
 
 use super::copy::{self, Writer, Written};
+use super::display::escape_nonprintable;
 use super::objects::Object;
 use super::plan::{self, CannotTravel, Plan, Route};
 use super::report::{
@@ -323,7 +324,7 @@ fn open_master(slot: &PhysicalSlot, user_pin: &[u8]) -> Result<TokenSession, Ref
 fn check_destination(
     slot: &PhysicalSlot,
     token: usize,
-    master_label: &str,
+    master_label: &[u8],
     request: &Request,
     report: &mut Report,
 ) -> Option<(Option<TokenSession>, bool, Vec<Object>)> {
@@ -354,10 +355,11 @@ fn check_destination(
             ProblemKind::Token,
             CKR_TOKEN_NOT_RECOGNIZED,
             format!(
-                "destination {}: its label is \"{}\", not the master's \"{master_label}\"; \
-                 only uninitialized tokens and tokens with the master's label are written",
+                "destination {}: its label is \"{}\", not the master's \"{}\"; only \
+                 uninitialized tokens and tokens with the master's label are written",
                 slot.describe(),
-                state.label
+                escape_nonprintable(&state.label),
+                escape_nonprintable(master_label),
             ),
         );
         return None;
@@ -641,7 +643,7 @@ fn write_destination(
 /// a killed run initialized, and returns a session logged in as the user.
 fn prepare(
     dest: &mut Destination,
-    label: &str,
+    label: &[u8],
     request: &Request,
     report: &mut Report,
 ) -> crate::error::Result<TokenSession> {

@@ -1,6 +1,7 @@
 //! Physical slots in positional order, and the slot references callers
 //! use to name them.
 
+use super::display::escape_nonprintable;
 use crate::instance::Instance;
 use crate::vendor::VendorModule;
 use crate::wld::topology::trim_padded;
@@ -24,7 +25,9 @@ pub struct PhysicalSlot {
 /// A token as C_GetTokenInfo reports it, padding removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenState {
-    pub label: String,
+    /// The label's bytes as the token stores them, which may not be
+    /// UTF-8, so that replication copies them exactly.
+    pub label: Vec<u8>,
     pub serial: String,
     pub initialized: bool,
     pub user_pin_initialized: bool,
@@ -35,8 +38,8 @@ impl PhysicalSlot {
         self.token.as_ref().map_or("", |t| t.serial.as_str())
     }
 
-    pub fn label(&self) -> &str {
-        self.token.as_ref().map_or("", |t| t.label.as_str())
+    pub fn label(&self) -> &[u8] {
+        self.token.as_ref().map_or(&[], |t| t.label.as_slice())
     }
 
     pub fn is_initialized(&self) -> bool {
@@ -52,6 +55,16 @@ impl PhysicalSlot {
             self.position, self.module.name, self.slot_id
         )
     }
+}
+
+/// Removes the padding of a 32-byte label field: trailing blanks, and the
+/// NULs some vendors write. The other bytes are kept as they are.
+pub fn trim_label(field: &[u8]) -> &[u8] {
+    let end = field
+        .iter()
+        .rposition(|&b| b != b' ' && b != 0)
+        .map_or(0, |p| p + 1);
+    &field[..end]
 }
 
 /// Reads a token's state; an uninitialized token's label is empty.
@@ -75,9 +88,9 @@ pub fn token_state(module: &VendorModule, slot_id: CK_SLOT_ID) -> Option<TokenSt
     let initialized = info.flags & CKF_TOKEN_INITIALIZED != 0;
     Some(TokenState {
         label: if initialized {
-            trim_padded(&info.label)
+            trim_label(&info.label).to_vec()
         } else {
-            String::new()
+            Vec::new()
         },
         serial: trim_padded(&info.serialNumber),
         initialized,
@@ -318,8 +331,8 @@ pub fn resolve<'a>(
             }
             if serial.is_empty() && token.initialized {
                 return Err(format!(
-                    "{reference}: the token there is initialized (label {})",
-                    token.label
+                    "{reference}: the token there is initialized (label \"{}\")",
+                    escape_nonprintable(&token.label)
                 ));
             }
             Ok(slot)

@@ -1,8 +1,9 @@
 //! Slot arguments: positional numbers, PKCS#11 URIs (RFC 7512) naming a
 //! token serial, `all`, and the serials expected at positions.
 
-use crate::module::text;
+use crate::module::{field_bytes, shown, text};
 use crate::sys::{self, P11WLD_PHYSICAL_SLOT, P11WLD_SLOT_REF};
+use p11wld::replicate::display::escape_nonprintable;
 use std::collections::BTreeMap;
 use std::ffi::c_char;
 use std::io::{BufRead, IsTerminal, Write};
@@ -11,10 +12,11 @@ use std::io::{BufRead, IsTerminal, Write};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SlotArg {
     Position(usize),
-    /// From `pkcs11:serial=...`, with the label the URI requires, if any.
+    /// From `pkcs11:serial=...`, with the label bytes the URI requires,
+    /// if any.
     Serial {
         serial: String,
-        label: Option<String>,
+        label: Option<Vec<u8>>,
     },
 }
 
@@ -50,10 +52,8 @@ fn parse_uri(uri: &str) -> Result<SlotArg, String> {
         let (name, value) = attribute.split_once('=').ok_or_else(|| {
             format!("invalid URI pkcs11:{uri}: attribute {attribute:?} has no value")
         })?;
-        let value = percent_encoding::percent_decode_str(value)
-            .decode_utf8()
-            .map_err(|_| format!("invalid URI pkcs11:{uri}: {name} is not UTF-8"))?
-            .into_owned();
+        // RFC 7512 percent-encodes any byte, so a label need not be UTF-8.
+        let value: Vec<u8> = percent_encoding::percent_decode_str(value).collect();
         let slot = match name {
             "serial" => &mut serial,
             "token" => &mut label,
@@ -69,6 +69,9 @@ fn parse_uri(uri: &str) -> Result<SlotArg, String> {
         }
     }
     let serial = serial
+        .map(String::from_utf8)
+        .transpose()
+        .map_err(|_| format!("invalid URI pkcs11:{uri}: serial is not UTF-8"))?
         .filter(|s| !s.is_empty())
         .ok_or_else(|| format!("invalid URI pkcs11:{uri}: it must name the token serial"))?;
     if serial.len() > SERIAL_LEN {
@@ -248,10 +251,11 @@ pub fn check_uri_labels(
         };
         let found = listing.iter().find(|s| text(&s.serial) == *serial);
         if let Some(found) = found {
-            if text(&found.label) != *label {
+            if field_bytes(&found.label) != label.as_slice() {
                 return Err(format!(
-                    "pkcs11:serial={serial} names a token labelled {:?}, not {label:?}",
-                    text(&found.label)
+                    "pkcs11:serial={serial} names a token labelled \"{}\", not \"{}\"",
+                    shown(&found.label),
+                    escape_nonprintable(label)
                 ));
             }
         }
@@ -305,9 +309,13 @@ fn confirm(
         let _ = writeln!(
             stderr,
             "  position {position}: module {}, vendor slot {:#x}, serial {}, label {label}",
-            text(&slot.module_name),
+            shown(&slot.module_name),
             slot.vendor_slot_id,
-            if serial.is_empty() { "(none)" } else { &serial },
+            if serial.is_empty() {
+                "(none)".to_owned()
+            } else {
+                shown(&slot.serial)
+            },
         );
         serials.insert(
             position,
@@ -331,14 +339,15 @@ fn confirm(
     Ok(serials)
 }
 
-/// Describes a slot's token for people: its label, or its state.
+/// Describes a slot's token for a terminal: its label, escaped, or its
+/// state.
 pub fn describe_label(slot: &P11WLD_PHYSICAL_SLOT) -> String {
     if slot.flags & sys::P11WLD_SLOT_TOKEN_PRESENT == 0 {
         "<no token>".to_owned()
     } else if slot.flags & sys::P11WLD_SLOT_TOKEN_INITIALIZED == 0 {
         "<uninitialized token>".to_owned()
     } else {
-        text(&slot.label)
+        shown(&slot.label)
     }
 }
 
@@ -360,9 +369,21 @@ mod tests {
             parse_slot("pkcs11:token=WLD%20A;serial=ab"),
             Ok(SlotArg::Serial {
                 serial: "ab".into(),
-                label: Some("WLD A".into())
+                label: Some(b"WLD A".to_vec())
             })
         );
+    }
+
+    #[test]
+    fn uri_label_keeps_bytes() {
+        assert_eq!(
+            parse_slot("pkcs11:token=AB%E2;serial=ab"),
+            Ok(SlotArg::Serial {
+                serial: "ab".into(),
+                label: Some(b"AB\xe2".to_vec())
+            })
+        );
+        assert!(parse_slot("pkcs11:serial=a%E2").is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::sys::{self, P11WLD_FUNCTION_LIST};
 use cryptoki_sys::*;
+use p11wld::replicate::display::escape_nonprintable;
 use std::ffi::{c_char, CStr};
 use std::path::{Path, PathBuf};
 use std::ptr;
@@ -290,7 +291,13 @@ pub fn field_bytes(field: &[c_char]) -> &[u8] {
     &bytes[..end]
 }
 
-/// Reads a NUL-terminated text field.
+/// Reads a NUL-terminated text field, with invalid UTF-8 replaced.
 pub fn text(field: &[c_char]) -> String {
     String::from_utf8_lossy(field_bytes(field)).into_owned()
+}
+
+/// Reads a NUL-terminated text field for a terminal: control characters
+/// and invalid UTF-8 escaped, because a token's label is any bytes.
+pub fn shown(field: &[c_char]) -> String {
+    escape_nonprintable(field_bytes(field))
 }

@@ -1,10 +1,11 @@
 //! Text and JSON renderings of the module's results.
 
 use crate::address::describe_label;
-use crate::module::{field_bytes, text, Report};
+use crate::module::{field_bytes, shown, text, Report};
 use crate::sys;
 use cryptoki_sys::*;
 use p11wld::error::ckr_name;
+use p11wld::replicate::display::escape_nonprintable;
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -16,24 +17,50 @@ pub struct SlotJson {
     initialized: bool,
     user_pin_initialized: bool,
     label: String,
+    /// The label's bytes in hex, when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label_hex: Option<String>,
     serial: String,
     /// `None` when the token belongs to no WLD slot.
     wld_slot: Option<u64>,
 }
 
+/// Returns a label for JSON: its text, with invalid UTF-8 replaced, and
+/// its bytes in hex when they are not UTF-8, because a JSON string cannot
+/// hold them.
+fn json_label(field: &[std::ffi::c_char]) -> (String, Option<String>) {
+    let bytes = field_bytes(field);
+    match std::str::from_utf8(bytes) {
+        Ok(label) => (label.to_owned(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        ),
+    }
+}
+
+/// Escapes a string for a terminal.
+fn escaped(text: &str) -> String {
+    escape_nonprintable(text.as_bytes())
+}
+
 pub fn slots_json(slots: &[sys::P11WLD_PHYSICAL_SLOT]) -> Vec<SlotJson> {
     slots
         .iter()
-        .map(|s| SlotJson {
-            position: s.position,
-            module: text(&s.module_name),
-            vendor_slot_id: s.vendor_slot_id,
-            token_present: s.flags & sys::P11WLD_SLOT_TOKEN_PRESENT != 0,
-            initialized: s.flags & sys::P11WLD_SLOT_TOKEN_INITIALIZED != 0,
-            user_pin_initialized: s.flags & sys::P11WLD_SLOT_USER_PIN_INITIALIZED != 0,
-            label: text(&s.label),
-            serial: text(&s.serial),
-            wld_slot: (s.wld_slot_id != sys::P11WLD_NO_WLD_SLOT).then_some(s.wld_slot_id),
+        .map(|s| {
+            let (label, label_hex) = json_label(&s.label);
+            SlotJson {
+                position: s.position,
+                module: text(&s.module_name),
+                vendor_slot_id: s.vendor_slot_id,
+                token_present: s.flags & sys::P11WLD_SLOT_TOKEN_PRESENT != 0,
+                initialized: s.flags & sys::P11WLD_SLOT_TOKEN_INITIALIZED != 0,
+                user_pin_initialized: s.flags & sys::P11WLD_SLOT_USER_PIN_INITIALIZED != 0,
+                label,
+                label_hex,
+                serial: text(&s.serial),
+                wld_slot: (s.wld_slot_id != sys::P11WLD_NO_WLD_SLOT).then_some(s.wld_slot_id),
+            }
         })
         .collect()
 }
@@ -52,10 +79,10 @@ pub fn slots_text(slots: &[sys::P11WLD_PHYSICAL_SLOT]) -> String {
         out.push_str(&format!(
             "{:>4}  {:<16} {:>10}  {:<32}  {:<16}  {wld}\n",
             s.position,
-            text(&s.module_name),
+            shown(&s.module_name),
             format!("{:#x}", s.vendor_slot_id),
             describe_label(s),
-            text(&s.serial),
+            shown(&s.serial),
         ));
     }
     out
@@ -98,7 +125,7 @@ pub fn modules_json(modules: &[sys::P11WLD_MODULE_STATUS]) -> Vec<ModuleJson> {
 
 /// Describes why a module is not reachable, or returns `None` when it is.
 pub fn unreachable_reason(module: &sys::P11WLD_MODULE_STATUS) -> Option<String> {
-    let name = text(&module.module_name);
+    let name = shown(&module.module_name);
     match module.state {
         sys::P11WLD_MODULE_UP => None,
         sys::P11WLD_MODULE_NOT_INITIALIZED => Some(format!(
@@ -120,7 +147,7 @@ pub fn modules_text(modules: &[sys::P11WLD_MODULE_STATUS]) -> String {
     for m in modules_json(modules) {
         out.push_str(&format!(
             "{:<16} {:<15} {:>5} {:>7} {:>5}  {}\n",
-            m.module,
+            escaped(&m.module),
             m.state,
             m.slots,
             m.members,
@@ -197,14 +224,14 @@ pub fn members_text(members: &[sys::P11WLD_MEMBER_STATUS]) -> String {
         "FAILURES",
         "LAST ERROR"
     );
-    for m in members_json(members) {
+    for (m, raw) in members_json(members).iter().zip(members) {
         out.push_str(&format!(
             "{:>8}  {:<16} {:>10}  {:<20}  {:<16}  {:<5} {:>8} {:>8} {:>8}  {}\n",
             m.wld_slot,
-            m.module,
+            shown(&raw.module_name),
             format!("{:#x}", m.vendor_slot_id),
-            m.label,
-            m.serial,
+            shown(&raw.label),
+            shown(&raw.serial),
             m.state,
             m.open_sessions,
             m.total_sessions,
@@ -221,6 +248,9 @@ struct ObjectJson {
     #[serde(rename = "type")]
     kind: Option<u64>,
     label: String,
+    /// The label's bytes in hex, when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label_hex: Option<String>,
     id: String,
 }
 
@@ -233,10 +263,12 @@ fn object_json(object: &sys::P11WLD_OBJECT_REF) -> ObjectJson {
     if object.id_len as usize > stored_len {
         id.push_str("...");
     }
+    let (label, label_hex) = json_label(&object.label);
     ObjectJson {
         class: object.object_class,
         kind: (object.type_ != sys::P11WLD_NO_TYPE).then_some(object.type_),
-        label: text(&object.label),
+        label,
+        label_hex,
         id,
     }
 }
@@ -248,6 +280,9 @@ struct TokenJson {
     module: String,
     vendor_slot_id: u64,
     label: String,
+    /// The label's bytes in hex, when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label_hex: Option<String>,
     serial: String,
     initialized_by_run: bool,
     user_pin_set: bool,
@@ -337,29 +372,33 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
         tokens: report
             .tokens
             .iter()
-            .map(|t| TokenJson {
-                role: if t.role == sys::P11WLD_ROLE_MASTER {
-                    "master"
-                } else {
-                    "destination"
-                },
-                position: t.position,
-                module: text(&t.module_name),
-                vendor_slot_id: t.vendor_slot_id,
-                label: text(&t.label),
-                serial: text(&t.serial),
-                initialized_by_run: t.flags & sys::P11WLD_TOKEN_INITIALIZED_BY_RUN != 0,
-                user_pin_set: t.flags & sys::P11WLD_TOKEN_USER_PIN_SET != 0,
-                complete: t.flags & sys::P11WLD_TOKEN_COMPLETE != 0,
-                objects: t.objects,
-                created: t.created,
-                replaced: t.replaced,
-                removed: t.removed,
-                wrapped: t.wrapped,
-                skipped: t.skipped,
-                unchanged: t.unchanged,
-                differences: t.differences,
-                status: ckr_name(t.status),
+            .map(|t| {
+                let (label, label_hex) = json_label(&t.label);
+                TokenJson {
+                    role: if t.role == sys::P11WLD_ROLE_MASTER {
+                        "master"
+                    } else {
+                        "destination"
+                    },
+                    position: t.position,
+                    module: text(&t.module_name),
+                    vendor_slot_id: t.vendor_slot_id,
+                    label,
+                    label_hex,
+                    serial: text(&t.serial),
+                    initialized_by_run: t.flags & sys::P11WLD_TOKEN_INITIALIZED_BY_RUN != 0,
+                    user_pin_set: t.flags & sys::P11WLD_TOKEN_USER_PIN_SET != 0,
+                    complete: t.flags & sys::P11WLD_TOKEN_COMPLETE != 0,
+                    objects: t.objects,
+                    created: t.created,
+                    replaced: t.replaced,
+                    removed: t.removed,
+                    wrapped: t.wrapped,
+                    skipped: t.skipped,
+                    unchanged: t.unchanged,
+                    differences: t.differences,
+                    status: ckr_name(t.status),
+                }
             })
             .collect(),
         actions: report
@@ -442,11 +481,11 @@ pub fn report_text(report: &Report) -> String {
     let json = report_json("", report);
     let verifying = report.info.kind == sys::P11WLD_REPORT_VERIFY;
     let mut out = String::new();
-    for (index, token) in json.tokens.iter().enumerate() {
+    for (index, (token, raw)) in json.tokens.iter().zip(&report.tokens).enumerate() {
         let serial = if token.serial.is_empty() {
-            "(none)"
+            "(none)".to_owned()
         } else {
-            &token.serial
+            shown(&raw.serial)
         };
         let role = match (token.role, verifying) {
             ("master", true) => "reference",
@@ -455,7 +494,11 @@ pub fn report_text(report: &Report) -> String {
         };
         out.push_str(&format!(
             "{role} position {} ({} slot {:#x}), label \"{}\", serial {serial}: {}\n",
-            token.position, token.module, token.vendor_slot_id, token.label, token.status
+            token.position,
+            shown(&raw.module_name),
+            token.vendor_slot_id,
+            shown(&raw.label),
+            token.status
         ));
         if token.role == "master" {
             out.push_str(&format!("  {} objects\n", token.objects));
@@ -505,7 +548,11 @@ pub fn report_text(report: &Report) -> String {
         }
     }
     for problem in &json.problems {
-        out.push_str(&format!("{}: {}\n", problem.kind, problem.message));
+        out.push_str(&format!(
+            "{}: {}\n",
+            problem.kind,
+            escaped(&problem.message)
+        ));
     }
     out
 }
