@@ -82,6 +82,64 @@ isolated! {
         assert!(reasons[0].contains("module hsm2 is not reachable (C_Initialize failed)"), "{stderr}");
     }
 
+    /// Without --module, the CLI loads libp11wld.so from beside itself,
+    /// else from the dynamic loader's path, else from the usual PKCS#11
+    /// module directories, which its help and its error name.
+    #[timeout(120)]
+    fn default_module_lookup() {
+        let lab = lab(Reach::Direct, &[], |_| {});
+        let dir = tempfile::tempdir().unwrap();
+        let cli = dir.path().join("p11wld");
+        std::fs::copy(crate::common::paths::p11wld_cli(), &cli).unwrap();
+        let run_copy = |library_path: Option<&std::path::Path>| {
+            let mut command = std::process::Command::new(&cli);
+            command
+                .arg("list")
+                .env("P11WLD_CONFIG", lab.config.path())
+                .env_remove("LD_LIBRARY_PATH")
+                .stdin(std::process::Stdio::null());
+            if let Some(path) = library_path {
+                command.env("LD_LIBRARY_PATH", path);
+            }
+            command.output().unwrap()
+        };
+        let dirs = [
+            "/usr/lib/x86_64-linux-gnu/pkcs11",
+            "/usr/lib/pkcs11",
+            "/usr/local/lib",
+        ];
+
+        let help = run(&lab.config, &["--help"], &Pins { so: None, user: None });
+        let help = String::from_utf8_lossy(&help.stdout);
+        for dir in &dirs[1..] {
+            assert!(help.contains(dir), "--help names {dir}: {help}");
+        }
+
+        let installed = dirs.iter().any(|d| std::path::Path::new(d).join("libp11wld.so").exists());
+        if installed {
+            eprintln!("libp11wld.so is installed in a module directory; the not-found case is not checked");
+        } else {
+            let output = run_copy(None);
+            assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            for dir in &dirs[1..] {
+                assert!(stderr.contains(dir), "the error names {dir}: {stderr}");
+            }
+        }
+
+        let loader_dir = tempfile::tempdir().unwrap();
+        std::fs::copy(crate::common::paths::p11wld_module(), loader_dir.path().join("libp11wld.so")).unwrap();
+        let output = run_copy(Some(loader_dir.path()));
+        assert!(output.status.success(), "found on the loader's path: {}", describe(&output));
+
+        std::fs::copy(crate::common::paths::p11wld_module(), dir.path().join("libp11wld.so")).unwrap();
+        let output = run_copy(None);
+        assert!(output.status.success(), "found beside the program: {}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(MASTER_LABEL), "{text}");
+    }
+
     /// Off a terminal, positions without expected serials are rejected,
     /// as are missing PINs and a URI carrying a PIN; each failure gives one
     /// line on stderr and writes nothing.

@@ -39,6 +39,20 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Help of --module; it lists module::MODULE_DIRS, which a const cannot
+/// join, so a test checks that the two agree.
+#[cfg(target_arch = "x86_64")]
+const MODULE_HELP: &str = "libp11wld.so to load [default: the one beside this program, else \
+    the dynamic loader's path, else /usr/lib/x86_64-linux-gnu/pkcs11, /usr/lib/pkcs11 and \
+    /usr/local/lib]";
+#[cfg(target_arch = "aarch64")]
+const MODULE_HELP: &str = "libp11wld.so to load [default: the one beside this program, else \
+    the dynamic loader's path, else /usr/lib/aarch64-linux-gnu/pkcs11, /usr/lib/pkcs11 and \
+    /usr/local/lib]";
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const MODULE_HELP: &str = "libp11wld.so to load [default: the one beside this program, else \
+    the dynamic loader's path, else /usr/lib/pkcs11 and /usr/local/lib]";
+
 #[derive(Parser)]
 #[command(
     name = "p11wld",
@@ -46,9 +60,7 @@ use std::process::ExitCode;
     about = "Administer the HSM tokens behind libp11wld.so: list slots, replicate and verify tokens"
 )]
 struct Cli {
-    /// libp11wld.so to load [default: the one beside this program, else the
-    /// system library path]
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", help = MODULE_HELP)]
     module: Option<PathBuf>,
     /// Print the result as JSON on stdout
     #[arg(long, global = true)]
@@ -205,8 +217,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Verify(_) => (None, Some(pins::read(pins::USER_PIN_ENV, "user PIN")?)),
         _ => (None, None),
     };
-    let path = module::default_path(cli.module.as_deref());
-    let module = Module::load(&path).map_err(|m| Failure(m, 2))?;
+    let module = Module::load(cli.module.as_deref()).map_err(|m| Failure(m, USAGE))?;
     match &cli.command {
         Command::List => list(cli, &module),
         Command::Status => status(cli, &module),
@@ -564,4 +575,14 @@ fn verify(cli: &Cli, module: &Module, args: &VerifyArgs, user_pin: &[u8]) -> Res
         report,
     };
     finish_verify(cli, &[outcome])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn module_help_lists_module_dirs() {
+        for dir in crate::module::MODULE_DIRS {
+            assert!(super::MODULE_HELP.contains(dir), "{dir}");
+        }
+    }
 }
