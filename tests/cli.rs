@@ -281,6 +281,40 @@ isolated! {
         }
     }
 
+    /// On a terminal, the confirmation names each position's module,
+    /// vendor slot id, serial and label, the label escaped so that it
+    /// cannot rewrite the lines above it.
+    #[timeout(120)]
+    fn confirmation_shows_module_and_slot() {
+        let evil = "EVIL\r  position 9: WLD_A, serial";
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+        let evil_serial = lab.hsms[1].softhsm().init_token(evil, crate::common::SO_PIN, crate::common::USER_PIN);
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let target = position(&slots, "hsm2", &evil_serial);
+        let free = position(&slots, "hsm2", "");
+        let free_slot = slots[free as usize]["vendor_slot_id"].as_u64().unwrap();
+
+        let (code, screen) = run_on_terminal(
+            &lab.config,
+            &["verify", "-s", &master.to_string(), "-d", &target.to_string()],
+            "n",
+        );
+        assert_eq!(code, Some(2), "{screen}");
+        assert!(screen.contains("label EVIL\\r  position 9: WLD_A, serial"), "{screen}");
+        assert!(!screen.contains("EVIL\r"), "a raw CR in the label: {screen:?}");
+        assert!(screen.contains("cancelled; nothing was written"), "{screen}");
+
+        let (code, screen) = run_on_terminal(
+            &lab.config,
+            &["replicate", "--dry-run", "-s", &master.to_string(), "-d", &free.to_string()],
+            "y",
+        );
+        assert_eq!(code, Some(0), "{screen}");
+        let line = format!("position {free}: module hsm2, vendor slot {free_slot:#x}, serial (none)");
+        assert!(screen.contains(&line), "{screen}");
+    }
+
     /// `verify` of several WLD slots prints one JSON document with a
     /// report per slot, and one line for the slot that differs.
     #[timeout(120)]
@@ -348,6 +382,42 @@ isolated! {
         let objects = snapshot(lab.hsms[1].softhsm(), &stale);
         assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
     }
+}
+
+/// Runs `p11wld` on a terminal, as `script` (util-linux) provides one,
+/// with the PINs in the environment, and answers its prompt with
+/// `answer`. Returns the exit status and what the terminal showed.
+fn run_on_terminal(
+    config: &common::ConfigFile,
+    args: &[&str],
+    answer: &str,
+) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut words = vec![
+        common::paths::p11wld_cli(),
+        "--module".into(),
+        common::paths::p11wld_module(),
+    ];
+    words.extend(args.iter().map(Into::into));
+    let line: Vec<String> = words.iter().map(|w| format!("'{}'", w.display())).collect();
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &line.join(" "), "/dev/null"])
+        .env("P11WLD_CONFIG", config.path())
+        .env("P11WLD_SO_PIN", common::SO_PIN)
+        .env("P11WLD_USER_PIN", common::USER_PIN)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
 }
 
 /// Calls the extension through libp11wld.so's C ABI from the test process.
