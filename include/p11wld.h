@@ -444,7 +444,7 @@ typedef struct P11WLD_FUNCTION_LIST {
     /* Replicates the master to the destinations. Every slot reference,
      * label and PIN is checked on every token before anything is written.
      * Returns CKR_OK when every destination holds every object of the
-     * master, else the code of the first problem: for example
+     * master, else the code of the first problem. Examples:
      * CKR_ARGUMENTS_BAD (the master among the destinations, a destination
      * named twice), CKR_SLOT_ID_INVALID (a reference no longer matches),
      * CKR_TOKEN_NOT_RECOGNIZED (a destination has another label),

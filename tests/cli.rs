@@ -169,9 +169,9 @@ isolated! {
     }
 
     /// Every invalid argument exits with 2 and one line on stderr, and
-    /// writes nothing: options that need others, the master among the
-    /// destinations, a destination named twice (also by a position and a
-    /// URI), and a WLD slot that does not exist.
+    /// writes nothing. The cases: options without the ones they need, the
+    /// master among the destinations, a destination named twice (also by a
+    /// position and a URI), and a WLD slot that does not exist.
     #[timeout(120)]
     fn invalid_arguments_exit_2() {
         let lab = lab(Reach::Direct, &[Start::Stale], |_| {});

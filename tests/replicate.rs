@@ -531,9 +531,9 @@ isolated! {
     }
 
     /// Uninitialized tokens all have an empty serial, so a position that
-    /// expects one is pinned by its module: without the module the run is
-    /// rejected as invalid, and after the positions shifted onto another
-    /// module's free slot it is rejected too. Neither run writes anything.
+    /// expects one is pinned by its module. Without the module the run is
+    /// rejected as invalid. After the positions shifted onto another
+    /// module's free slot, it is rejected too. Neither run writes anything.
     #[timeout(300)]
     fn blank_serial_pinned_by_module() {
         let mut lab = lab(Reach::P11Kit, &[Start::Stale, Start::Stale], |_| {});
@@ -649,7 +649,7 @@ isolated! {
 
 isolated! {
     /// A label that is not valid UTF-8 (31 times "A", then the byte 0xE2)
-    /// reaches the destination byte for byte; the CLI prints it escaped,
+    /// reaches the destination byte for byte. The CLI prints it escaped,
     /// and its JSON carries the bytes in hex.
     #[timeout(300)]
     fn invalid_utf8_label_copied_exactly() {

@@ -6,12 +6,12 @@
 //! in include/p11wld.h. It finds the HSMs through the module's own
 //! configuration (P11WLD_CONFIG).
 //!
-//! Exit status: 0 on success; 1 when a run fails or `verify` finds
-//! differences; 2 for invalid arguments (malformed options and slots,
-//! options without the ones they need, positions without expected serials
-//! off a terminal, a token named twice, a WLD slot that does not exist) or
-//! a module that cannot be loaded. Every failure prints one line with the
-//! reason on stderr.
+//! Exit status: 0 on success, and 1 when a run fails or `verify` finds
+//! differences. It is 2 for a module that cannot be loaded and for invalid
+//! arguments: malformed options and slots, options without the ones they
+//! need, positions without expected serials off a terminal, a token named
+//! twice, a WLD slot that does not exist. Every failure prints one line
+//! with the reason on stderr.
 
 #[path = "p11wld/address.rs"]
 mod address;
@@ -74,7 +74,7 @@ enum Command {
     /// List every physical slot with its positional number, label and serial
     List,
     /// Show whether each configured module is reachable, and each WLD
-    /// member's state, sessions and failures as this process sees them
+    /// member's state, sessions and failures in this process
     Status,
     /// Copy every object and the label of a master token to other tokens
     Replicate(ReplicateArgs),

@@ -139,7 +139,7 @@ pub fn device_failed(session: &TokenSession, rv: Rv) -> bool {
     }
 }
 
-/// How writing one destination ended.
+/// The outcome of writing one destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Written {
     /// Every step succeeded.
@@ -317,7 +317,8 @@ impl Writer<'_> {
     }
 
     /// Returns which device failed, if `rv` means that one did: the
-    /// master's when its session no longer answers, else the destination's.
+    /// master's when C_GetSessionInfo fails on its session, else the
+    /// destination's.
     fn lost_device(&self, rv: Rv) -> Option<Written> {
         let device_level = matches!(
             rv.0,

@@ -98,7 +98,7 @@ pub fn token_state(module: &VendorModule, slot_id: CK_SLOT_ID) -> Option<TokenSt
     })
 }
 
-/// Whether a configured module answered the scan.
+/// The reachability of a configured module, as the scan found it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reach {
     /// Initialized, and C_GetSlotList listed this many slots, at least one.
@@ -205,9 +205,9 @@ pub fn scan(instance: &Instance) -> Scan {
 }
 
 /// Lists the reasons why the members the scan found in `wld_slot` may not
-/// be all of them: every configured module that is not reachable, because
-/// its tokens may be members, every member that is down, and every member
-/// the scan did not find.
+/// be all of them. Each configured module that is not reachable is one,
+/// because its tokens may be members. Each member that is down or that the
+/// scan did not find is another.
 pub fn unreachable_members(instance: &Instance, scan: &Scan, wld_slot: CK_SLOT_ID) -> Vec<String> {
     let mut reasons: Vec<String> = scan
         .modules

@@ -149,7 +149,7 @@ fn split_module(text: &str) -> (&str, Option<u64>) {
 
 /// Parses `--expect-serial POSITION=SERIAL[@MODULE[:SLOT]]` entries. An
 /// empty serial expects an uninitialized token without one, and then the
-/// module is required: such tokens often all have an empty serial, so the
+/// module is required. Such tokens often all have an empty serial, so the
 /// serial alone would accept another module's uninitialized token after
 /// the positions shifted.
 pub fn parse_expected(entries: &[String]) -> Result<BTreeMap<usize, Expected>, String> {

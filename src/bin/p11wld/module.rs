@@ -32,7 +32,7 @@ pub const MODULE_DIRS: &[&str] = &[
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 pub const MODULE_DIRS: &[&str] = &["/usr/lib/pkcs11", "/usr/local/lib"];
 
-/// Where the module is looked up without --module, in order.
+/// A place the module is looked up in without --module.
 enum Candidate {
     /// A file path, tried when the file exists.
     File(PathBuf),

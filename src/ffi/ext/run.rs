@@ -35,7 +35,8 @@ fn field_text(field: &[std::ffi::c_char]) -> Result<String> {
 }
 
 /// Converts one slot reference. A position that expects an empty serial
-/// must name its module, because uninitialized tokens often all have one.
+/// must name its module, because uninitialized tokens often all have an
+/// empty serial.
 fn slot_ref(reference: &P11WLD_SLOT_REF) -> Result<SlotRef> {
     let serial = field_text(&reference.serial)?;
     match reference.kind {
