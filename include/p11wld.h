@@ -435,7 +435,9 @@ typedef struct P11WLD_FUNCTION_LIST {
     P11WLD_VERSION version;
     /* Fills in the version of the extension; works before C_Initialize. */
     p11wld_rv (*GetInfo)(P11WLD_VERSION *version);
-    /* Lists every physical slot of every configured module. */
+    /* Lists every physical slot of every reachable module, in positional
+     * order. A module that is not reachable (see GetModuleStatus) lists no
+     * slot, so the positions after it shift. */
     p11wld_rv (*ListPhysicalSlots)(P11WLD_PHYSICAL_SLOT *slots,
                                    p11wld_ulong *count);
     /* Lists every member of every WLD slot with its health and load. */

@@ -80,6 +80,11 @@ isolated! {
         let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
         assert_eq!(reasons.len(), 1, "{stderr}");
         assert!(reasons[0].contains("module hsm2 is not reachable (C_Initialize failed)"), "{stderr}");
+
+        let output = run(&lab.config, &["list"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("note: module hsm2 is not reachable"), "list names the missing module: {text}");
     }
 
     /// Without --module, the CLI loads libp11wld.so from beside itself,

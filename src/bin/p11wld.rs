@@ -253,11 +253,19 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
 fn list(cli: &Cli, module: &Module) -> Result<(), Failure> {
     let slots = module.physical_slots()?;
     if cli.json {
-        print_json(&output::slots_json(&slots))
-    } else {
-        print!("{}", output::slots_text(&slots));
-        Ok(())
+        return print_json(&output::slots_json(&slots));
     }
+    print!("{}", output::slots_text(&slots));
+    // Positions count only the slots listed, so a module that is missing
+    // shifts the positions after it.
+    for reason in module
+        .module_status()?
+        .iter()
+        .filter_map(output::unreachable_reason)
+    {
+        println!("note: {reason}, so its slots are missing and the positions after them shift");
+    }
+    Ok(())
 }
 
 fn status(cli: &Cli, module: &Module) -> Result<(), Failure> {
