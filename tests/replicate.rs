@@ -931,6 +931,8 @@ isolated! {
         assert_eq!(problems[0]["token"], 0, "{problems:#?}");
         let skipped = problems[1]["message"].as_str().unwrap();
         assert!(skipped.contains(&format!("position {second} (hsm3")), "{skipped}");
+        assert_eq!(problems[1]["token"], 2, "{problems:#?}");
+        assert_eq!(problems[1]["rv"], problems[0]["rv"], "{problems:#?}");
         assert!(
             tokens(&lab, 2).iter().all(|t| !t.initialized),
             "the second destination was not touched"

@@ -572,23 +572,20 @@ fn count_planned(plan: &Plan, entry: &mut TokenEntry) {
     entry.removed = plan.removes.len();
 }
 
-/// Records, once, the destinations not written because the master's
-/// device failed.
+/// Records, once for each, the destinations not written because the
+/// master's device failed, with the code it failed with.
 fn skip_destinations(skipped: &mut [Destination], report: &mut Report, progress: &mut Progress) {
-    if skipped.is_empty() {
-        return;
-    }
-    let names: Vec<String> = skipped.iter().map(|d| d.slot.describe()).collect();
-    report.fail(
-        None,
-        ProblemKind::Failed,
-        CKR_DEVICE_ERROR,
-        format!(
-            "the master's device failed, so these destinations were not written: {}",
-            names.join(", ")
-        ),
-    );
+    let rv = report.tokens[0].status;
     for dest in skipped {
+        report.fail(
+            Some(dest.token),
+            ProblemKind::Failed,
+            rv,
+            format!(
+                "destination {}: not written, because the master's device failed",
+                dest.slot.describe()
+            ),
+        );
         progress.done += dest.plan.steps();
     }
 }
