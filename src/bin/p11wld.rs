@@ -408,14 +408,12 @@ fn finish_verify(cli: &Cli, outcomes: &[Outcome]) -> Result<(), Failure> {
     let Some(Failure(message, status)) = failures.next() else {
         return Ok(());
     };
-    let more = failures.count();
-    if more == 0 {
-        return Err(Failure(message, status));
-    }
-    Err(Failure(
-        format!("{message} (and {more} more WLD slots failed)"),
-        status,
-    ))
+    let more = match failures.count() {
+        0 => return Err(Failure(message, status)),
+        1 => "1 more WLD slot".to_owned(),
+        count => format!("{count} more WLD slots"),
+    };
+    Err(Failure(format!("{message} (and {more} failed)"), status))
 }
 
 /// Builds the slot references of a run, with expected serials for
