@@ -241,12 +241,12 @@ impl Writer<'_> {
             for (on_master, rv) in transport.close() {
                 // A device that failed destroys its session objects with
                 // the session, so only the other side's failures count.
-                let gone = match outcome {
+                let on_lost_device = match outcome {
                     Written::MasterLost => on_master,
                     Written::DestinationLost => !on_master,
                     _ => false,
                 };
-                if gone {
+                if on_lost_device {
                     continue;
                 }
                 let token = if on_master { 0 } else { self.token };

@@ -306,6 +306,8 @@ fn extension_list(
             path.display()
         ));
     }
+
+    // The structures' layout changes with the major version.
     // SAFETY: checked non-NULL; the list starts with its version.
     let version = unsafe { (*list).version };
     if u32::from(version.major) != sys::P11WLD_VERSION_MAJOR {
