@@ -15,14 +15,25 @@
  * the count, then a buffer of that many entries. A buffer that is too small
  * gives CKR_BUFFER_TOO_SMALL with the count needed.
  *
- * Text fields are NUL-terminated UTF-8, unlike PKCS#11's blank-padded ones;
- * text longer than a field is cut at a character boundary.
+ * Text fields are NUL-terminated, unlike PKCS#11's blank-padded ones.
+ * Token and object labels in P11WLD_PHYSICAL_SLOT, P11WLD_TOKEN_REPORT and
+ * P11WLD_OBJECT_REF carry the bytes the token stores: PKCS#11 defines them
+ * as UTF-8, but a token can hold any bytes, and callers that print them
+ * should escape control characters and invalid UTF-8. A label byte 0 ends
+ * the field early. Every other text field is UTF-8, cut at a character
+ * boundary when longer than the field.
  *
  * Replication and verification take the tokens by slot reference: a
  * positional number from ListPhysicalSlots together with the token serial
  * the caller expects there, or a serial alone. Positions shift when a device
  * drops out between listing and use, so a position whose token no longer
  * has the expected serial rejects the whole run before anything is written.
+ * Uninitialized tokens often all have an empty serial, so a position that
+ * expects one must name its module as well, and may name its vendor slot id.
+ *
+ * Version 2.0 added P11WLD_SLOT_REF.vendor_slot_id, which changes the layout
+ * of P11WLD_SLOT_REF, P11WLD_REPLICATE_ARGS and P11WLD_VERIFY_ARGS, so a
+ * caller built for 1.x must not use a 2.x module.
  */
 #ifndef P11WLD_H
 #define P11WLD_H
@@ -35,8 +46,8 @@ typedef unsigned long p11wld_ulong;
 typedef unsigned long p11wld_rv;
 
 #define P11WLD_INTERFACE_NAME "p11wld"
-#define P11WLD_VERSION_MAJOR 1
-#define P11WLD_VERSION_MINOR 1
+#define P11WLD_VERSION_MAJOR 2
+#define P11WLD_VERSION_MINOR 0
 
 /* A p11wld_ulong index or id that names nothing. */
 #define P11WLD_NONE (~0UL)
@@ -75,9 +86,9 @@ typedef struct P11WLD_PHYSICAL_SLOT {
     char module_name[P11WLD_MODULE_NAME_SIZE];
     /* The vendor module's own slot id. */
     p11wld_ulong vendor_slot_id;
-    /* Token label and serial with the padding blanks removed; empty when no
-     * token is present. An uninitialized token has an empty label and may
-     * have an empty serial. */
+    /* Token label (its bytes as stored) and serial with the padding blanks
+     * removed; empty when no token is present. An uninitialized token has
+     * an empty label and may have an empty serial. */
     char label[P11WLD_LABEL_SIZE];
     char serial[P11WLD_SERIAL_SIZE];
     /* P11WLD_SLOT_* bits. */
@@ -105,9 +116,35 @@ typedef struct P11WLD_MEMBER_STATUS {
     p11wld_rv last_error;
 } P11WLD_MEMBER_STATUS;
 
+/* P11WLD_MODULE_STATUS.state */
+/* Initialized, and C_GetSlotList lists at least one slot. */
+#define P11WLD_MODULE_UP 0UL
+/* C_Initialize failed, so the calling process never learns its tokens. */
+#define P11WLD_MODULE_NOT_INITIALIZED 1UL
+/* C_GetSlotList failed (error is its code) or listed no slot. */
+#define P11WLD_MODULE_NO_SLOTS 2UL
+
+/* One configured module, as the calling process reaches it now. A module
+ * that is not P11WLD_MODULE_UP is unreachable: replicating to all members
+ * of a WLD slot and verifying a WLD slot are then rejected. */
+typedef struct P11WLD_MODULE_STATUS {
+    char module_name[P11WLD_MODULE_NAME_SIZE];
+    /* P11WLD_MODULE_* */
+    p11wld_ulong state;
+    /* Slots C_GetSlotList listed; 0 unless state is P11WLD_MODULE_UP. */
+    p11wld_ulong slot_count;
+    /* Members of WLD slots on the module, and how many of them are down. */
+    p11wld_ulong member_count;
+    p11wld_ulong members_down;
+    /* With P11WLD_MODULE_NO_SLOTS, the code C_GetSlotList returned, or
+     * CKR_OK when it listed no slot; else CKR_OK. */
+    p11wld_rv error;
+} P11WLD_MODULE_STATUS;
+
 /* P11WLD_SLOT_REF.kind */
 /* By position and expected serial. An empty expected serial means that the
- * caller expects an uninitialized token with an empty serial there. */
+ * caller expects an uninitialized token with an empty serial there, and
+ * then module_name is required. */
 #define P11WLD_REF_POSITION 1UL
 /* By token serial alone, for example from pkcs11:serial=... */
 #define P11WLD_REF_SERIAL 2UL
@@ -121,11 +158,19 @@ typedef struct P11WLD_SLOT_REF {
     /* The serial the caller expects (with P11WLD_REF_POSITION) or looks
      * for (with P11WLD_REF_SERIAL), without padding blanks. */
     char serial[P11WLD_SERIAL_SIZE];
-    /* With P11WLD_REF_POSITION, optional: the module the caller expects
-     * the position in. Uninitialized tokens often all have an empty
-     * serial, so a shift between two of them is caught only by this. An
-     * empty string checks nothing. */
+    /* With P11WLD_REF_POSITION: the module the caller expects the
+     * position in, or an empty string to check none. It is required when
+     * serial is empty, because uninitialized tokens often all have an empty
+     * serial, and only the module and the vendor slot id catch a shift
+     * between two of them. A position reference with an empty serial and
+     * an empty module_name gives CKR_ARGUMENTS_BAD. Ignored with
+     * P11WLD_REF_SERIAL. */
     char module_name[P11WLD_MODULE_NAME_SIZE];
+    /* With P11WLD_REF_POSITION: the vendor slot id the caller expects at
+     * the position (P11WLD_PHYSICAL_SLOT.vendor_slot_id), or P11WLD_NONE to
+     * check none. Set it to P11WLD_NONE explicitly: 0 is a slot id. Ignored
+     * with P11WLD_REF_SERIAL. */
+    p11wld_ulong vendor_slot_id;
 } P11WLD_SLOT_REF;
 
 /* P11WLD_PROGRESS.phase */
@@ -168,8 +213,10 @@ typedef void (*P11WLD_PROGRESS_CALLBACK)(void *context,
  * rejects the whole run before anything is written. */
 #define P11WLD_REPLICATE_SKIP_UNEXTRACTABLE 0x2UL
 /* Replicate to every other member of the master's WLD slot; destinations
- * must then be NULL with destination_count 0. A member that is not
- * reachable rejects the run before anything is written. */
+ * must then be NULL with destination_count 0. The run is rejected before
+ * anything is written unless every configured module is reachable
+ * (P11WLD_MODULE_UP) and every member of the slot is up and found, because
+ * a member left out would silently keep its old objects. */
 #define P11WLD_REPLICATE_ALL 0x4UL
 
 typedef struct P11WLD_REPLICATE_ARGS {
@@ -197,11 +244,14 @@ typedef struct P11WLD_REPLICATE_ARGS {
 
 /* P11WLD_VERIFY_ARGS.flags */
 /* Compare the members of the WLD slot wld_slot_id; master and others are
- * ignored. The first member that is reachable is the reference. */
+ * ignored. The first member in positional order is the reference. */
 #define P11WLD_VERIFY_WLD_SLOT 0x1UL
 /* Compare master with every other member of its WLD slot; others must be
  * NULL with other_count 0. */
 #define P11WLD_VERIFY_ALL 0x2UL
+/* With either flag, the comparison is rejected unless every configured
+ * module is reachable (P11WLD_MODULE_UP) and every member of the slot is up
+ * and found, because a member left out would pass unchecked. */
 
 typedef struct P11WLD_VERIFY_ARGS {
     p11wld_ulong flags;
@@ -309,7 +359,7 @@ typedef struct P11WLD_OBJECT_REF {
     /* CKA_KEY_TYPE of a key, CKA_CERTIFICATE_TYPE of a certificate, else
      * P11WLD_NO_TYPE. */
     p11wld_ulong type;
-    /* CKA_LABEL as text (invalid UTF-8 replaced), cut to 64 bytes. */
+    /* The first 64 bytes of CKA_LABEL, as the token stores them. */
     char label[P11WLD_OBJECT_LABEL_SIZE];
     /* The first 32 bytes of CKA_ID, and its full length. */
     unsigned char id[P11WLD_OBJECT_ID_SIZE];
@@ -330,7 +380,8 @@ typedef struct P11WLD_ACTION {
 } P11WLD_ACTION;
 
 /* P11WLD_PROBLEM.kind */
-/* A slot reference names no slot, or a slot whose serial differs. */
+/* A slot reference names no slot or another token than expected, a WLD
+ * slot id names no WLD slot, or a module or member is not reachable. */
 #define P11WLD_PROBLEM_SLOT 1UL
 /* A token's state forbids the run: master not initialized, a destination
  * with another label, the master among the destinations. */
@@ -384,7 +435,9 @@ typedef struct P11WLD_FUNCTION_LIST {
     P11WLD_VERSION version;
     /* Fills in the version of the extension; works before C_Initialize. */
     p11wld_rv (*GetInfo)(P11WLD_VERSION *version);
-    /* Lists every physical slot of every configured module. */
+    /* Lists every physical slot of every reachable module, in positional
+     * order. A module that is not reachable (see GetModuleStatus) lists no
+     * slot, so the positions after it shift. */
     p11wld_rv (*ListPhysicalSlots)(P11WLD_PHYSICAL_SLOT *slots,
                                    p11wld_ulong *count);
     /* Lists every member of every WLD slot with its health and load. */
@@ -393,21 +446,30 @@ typedef struct P11WLD_FUNCTION_LIST {
     /* Replicates the master to the destinations. Every slot reference,
      * label and PIN is checked on every token before anything is written.
      * Returns CKR_OK when every destination holds every object of the
-     * master, else the code of the first problem: for example
-     * CKR_SLOT_ID_INVALID (a reference no longer matches),
+     * master, else the code of the first problem. Examples:
+     * CKR_ARGUMENTS_BAD (the master among the destinations, a destination
+     * named twice), CKR_SLOT_ID_INVALID (a reference no longer matches),
      * CKR_TOKEN_NOT_RECOGNIZED (a destination has another label),
-     * CKR_PIN_INCORRECT, CKR_KEY_UNEXTRACTABLE. Sets *report to a new
-     * report whenever the arguments were readable, also on failure, and to
-     * 0 otherwise. Checking the SO PIN needs an SO login, which a token
-     * rejects (CKR_SESSION_READ_ONLY_EXISTS) while the calling process has
-     * read-only sessions on it, so call it from a process that has none,
-     * such as the p11wld program. */
+     * CKR_PIN_INCORRECT, CKR_KEY_UNEXTRACTABLE.
+     * When a device fails during the writes (CKR_DEVICE_ERROR,
+     * CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT, CKR_SESSION_HANDLE_INVALID,
+     * CKR_SESSION_CLOSED, or CKR_GENERAL_ERROR while C_GetSessionInfo fails
+     * too), nothing more is written to it, or to any destination if it is
+     * the master's. The failure is then one problem of kind
+     * P11WLD_PROBLEM_FAILED, not one per object left.
+     * Sets *report to a new report whenever the arguments were readable,
+     * also on failure, and to 0 otherwise. Checking the SO PIN needs an SO
+     * login, which a token rejects (CKR_SESSION_READ_ONLY_EXISTS) while the
+     * calling process has read-only sessions on it, so call it from a
+     * process that has none, such as the p11wld program. */
     p11wld_rv (*Replicate)(const P11WLD_REPLICATE_ARGS *args,
                            P11WLD_REPORT_HANDLE *report);
     /* Compares tokens without writing anything. Returns CKR_OK when the
      * tokens are equal, CKR_FUNCTION_FAILED when they differ (the
      * differences are in the report), or the code of the first problem
-     * that stopped the comparison. Sets *report as Replicate does. */
+     * that stopped the comparison, for example CKR_ARGUMENTS_BAD for a
+     * wld_slot_id that names no WLD slot. Sets *report as Replicate
+     * does. */
     p11wld_rv (*Verify)(const P11WLD_VERIFY_ARGS *args,
                         P11WLD_REPORT_HANDLE *report);
     /* Reads a report's summary. */
@@ -427,6 +489,10 @@ typedef struct P11WLD_FUNCTION_LIST {
                                    p11wld_ulong *count);
     /* Releases a report; its handle names nothing afterwards. */
     p11wld_rv (*FreeReport)(P11WLD_REPORT_HANDLE report);
+    /* Lists every configured module, in configuration order, with whether
+     * the calling process reaches it. */
+    p11wld_rv (*GetModuleStatus)(P11WLD_MODULE_STATUS *modules,
+                                 p11wld_ulong *count);
 } P11WLD_FUNCTION_LIST;
 
 /* Sets *list to the extension's function list. */

@@ -37,8 +37,14 @@ isolated! {
         let lab = lab(Reach::P11Kit, &[Start::Stale], |_| {});
         let output = run(&lab.config, &["--json", "status"], &Pins { so: None, user: None });
         assert!(output.status.success(), "{}", describe(&output));
-        let members = json(&output);
-        let members = members.as_array().unwrap();
+        let status = json(&output);
+        let modules = status["modules"].as_array().unwrap();
+        assert_eq!(modules.len(), 2, "{modules:#?}");
+        for module in modules {
+            assert_eq!(module["state"], "up", "{module}");
+            assert_eq!(module["members"], 1, "{module}");
+        }
+        let members = status["members"].as_array().unwrap();
         assert_eq!(members.len(), 2, "{members:#?}");
         for member in members {
             assert_eq!(member["state"], "up");
@@ -49,6 +55,94 @@ isolated! {
         let output = run(&lab.config, &["status"], &Pins { so: None, user: None });
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(text.contains(&lab.stale_serials[&1]), "{text}");
+    }
+
+    /// A module whose C_Initialize fails is shown by `status`, and it
+    /// rejects `verify`, because its tokens are unknown.
+    #[timeout(120)]
+    fn status_shows_unreachable_module() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let tokens = lab.hsms[1].softhsm().token_dir();
+        std::fs::rename(&tokens, tokens.with_extension("gone")).expect("renaming hsm2's tokens");
+
+        let output = run(&lab.config, &["--json", "status"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let status = json(&output);
+        assert_eq!(status["modules"][0]["state"], "up", "{status:#}");
+        assert_eq!(status["modules"][1]["module"], "hsm2", "{status:#}");
+        assert_eq!(status["modules"][1]["state"], "not-initialized", "{status:#}");
+        let members = status["members"].as_array().unwrap();
+        assert_eq!(members.len(), 1, "only hsm1's member is known: {members:#?}");
+
+        let output = run(&lab.config, &["verify"], &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
+        assert!(reasons[0].contains("module hsm2 is not reachable (C_Initialize failed)"), "{stderr}");
+
+        let output = run(&lab.config, &["list"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("note: module hsm2 is not reachable"), "list names the missing module: {text}");
+    }
+
+    /// Without --module, the CLI loads libp11wld.so from beside itself,
+    /// else from the dynamic loader's path, else from the usual PKCS#11
+    /// module directories, which its help and its error name.
+    #[timeout(120)]
+    fn default_module_lookup() {
+        let lab = lab(Reach::Direct, &[], |_| {});
+        let dir = tempfile::tempdir().unwrap();
+        let cli = dir.path().join("p11wld");
+        std::fs::copy(crate::common::paths::p11wld_cli(), &cli).unwrap();
+        let run_copy = |library_path: Option<&std::path::Path>| {
+            let mut command = std::process::Command::new(&cli);
+            command
+                .arg("list")
+                .env("P11WLD_CONFIG", lab.config.path())
+                .env_remove("LD_LIBRARY_PATH")
+                .stdin(std::process::Stdio::null());
+            if let Some(path) = library_path {
+                command.env("LD_LIBRARY_PATH", path);
+            }
+            command.output().unwrap()
+        };
+        let dirs = [
+            "/usr/lib/x86_64-linux-gnu/pkcs11",
+            "/usr/lib/pkcs11",
+            "/usr/local/lib",
+        ];
+
+        let help = run(&lab.config, &["--help"], &Pins { so: None, user: None });
+        let help = String::from_utf8_lossy(&help.stdout);
+        for dir in &dirs[1..] {
+            assert!(help.contains(dir), "--help names {dir}: {help}");
+        }
+
+        let installed = dirs.iter().any(|d| std::path::Path::new(d).join("libp11wld.so").exists());
+        if installed {
+            eprintln!("libp11wld.so is installed in a module directory; the not-found case is not checked");
+        } else {
+            let output = run_copy(None);
+            assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            for dir in &dirs[1..] {
+                assert!(stderr.contains(dir), "the error names {dir}: {stderr}");
+            }
+        }
+
+        let loader_dir = tempfile::tempdir().unwrap();
+        std::fs::copy(crate::common::paths::p11wld_module(), loader_dir.path().join("libp11wld.so")).unwrap();
+        let output = run_copy(Some(loader_dir.path()));
+        assert!(output.status.success(), "found on the loader's path: {}", describe(&output));
+
+        std::fs::copy(crate::common::paths::p11wld_module(), dir.path().join("libp11wld.so")).unwrap();
+        let output = run_copy(None);
+        assert!(output.status.success(), "found beside the program: {}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(MASTER_LABEL), "{text}");
     }
 
     /// Off a terminal, positions without expected serials are rejected,
@@ -79,6 +173,189 @@ isolated! {
         assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
     }
 
+    /// Every invalid argument exits with 2 and one line on stderr, and
+    /// writes nothing. The cases: options without the ones they need, the
+    /// master among the destinations, a destination named twice (also by a
+    /// position and a URI), and a WLD slot that does not exist.
+    #[timeout(120)]
+    fn invalid_arguments_exit_2() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial).to_string();
+        let stale_serial = lab.stale_serials[&1].clone();
+        let stale = position(&slots, "hsm2", &stale_serial).to_string();
+        let expect = format!("{master}={},{stale}={stale_serial}", lab.master_serial);
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        let stale_uri = format!("pkcs11:serial={stale_serial}");
+        let stale_twice = format!("{stale},{stale}");
+        let uris_twice = format!("{stale_uri},{stale_uri}");
+        let cases: [&[&str]; 10] = [
+            &["verify", "-d", &stale, "--expect-serial", "1=nonsense"],
+            &["verify", "--expect-serial", "1=nonsense"],
+            &["verify", "-d", "all"],
+            &["verify", "--wld-slot", "0", "--expect-serial", "0=nonsense"],
+            &["verify", "--wld-slot", "99"],
+            &["replicate", "-s", &master, "-d", &master, "--expect-serial", &expect],
+            &["replicate", "-s", &master, "-d", &stale_twice, "--expect-serial", &expect],
+            &["replicate", "-s", &master_uri, "-d", &uris_twice],
+            &["replicate", "-s", &master_uri, "-d", &master, "--expect-serial", &expect],
+            &["verify", "-s", &master_uri, "-d", &master, "--expect-serial", &expect],
+        ];
+        for args in cases {
+            let output = run(&lab.config, args, &BOTH_PINS);
+            assert_eq!(output.status.code(), Some(2), "{args:?}: {}", describe(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+            assert_eq!(reasons.len(), 1, "{args:?}: one reason: {stderr}");
+        }
+        let objects = snapshot(lab.hsms[1].softhsm(), &stale_serial);
+        assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
+    }
+
+    /// A dry run rejected because private keys cannot travel through
+    /// p11-kit still counts what it planned, and its text names the
+    /// destination by position and serial, not by report index.
+    #[timeout(120)]
+    fn rejected_dry_run_counts_plan() {
+        let lab = lab(Reach::P11Kit, &[Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let stale_serial = lab.stale_serials[&1].clone();
+        let stale = position(&slots, "hsm2", &stale_serial);
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        let stale_uri = format!("pkcs11:serial={stale_serial}");
+        let args = ["replicate", "--dry-run", "-s", master_uri.as_str(), "-d", stale_uri.as_str()];
+
+        let mut json_args = vec!["--json"];
+        json_args.extend(args);
+        let output = run(&lab.config, &json_args, &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["status"], "CKR_MECHANISM_INVALID", "{report:#}");
+        let actions = report["actions"].as_array().unwrap();
+        let creates = actions.iter().filter(|a| a["action"] == "create").count();
+        let removes = actions.iter().filter(|a| a["action"] == "remove").count();
+        assert_eq!(creates, 5, "every object but the two private keys: {actions:#?}");
+        assert_eq!(removes, 1, "{actions:#?}");
+        assert_eq!(report["tokens"][1]["created"], 5, "{report:#}");
+        assert_eq!(report["tokens"][1]["removed"], 1, "{report:#}");
+
+        let output = run(&lab.config, &args, &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        let heading = format!("destination position {stale} (hsm2 slot ");
+        assert!(text.contains(&heading), "{text}");
+        assert!(text.contains(&format!("serial {stale_serial}")), "{text}");
+        assert!(text.contains("to be created 5, to be replaced 0, to be removed 1"), "{text}");
+        assert_eq!(text.matches("  plan: create ").count(), 5, "{text}");
+        assert_eq!(text.matches("  plan: remove ").count(), 1, "{text}");
+        assert!(!text.contains("on token"), "{text}");
+        let objects = snapshot(lab.hsms[1].softhsm(), &stale_serial);
+        assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
+    }
+
+    /// A label with a carriage return, which could overwrite what a
+    /// terminal shows, is printed escaped by every text output and on
+    /// stderr, and exactly in JSON.
+    #[timeout(120)]
+    fn control_characters_escaped() {
+        let evil = "EVIL\r  position 9: WLD_A, serial";
+        let escaped = "EVIL\\r  position 9: WLD_A, serial";
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+        let evil_serial = lab.hsms[1].softhsm().init_token(evil, crate::common::SO_PIN, crate::common::USER_PIN);
+        let none = Pins { so: None, user: None };
+
+        let slots = list(&lab.config);
+        assert!(slots.iter().any(|s| s["label"] == evil), "JSON keeps the label exact: {slots:#?}");
+
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        let evil_uri = format!("pkcs11:serial={evil_serial}");
+        let cases: [(&[&str], &Pins, Option<i32>); 3] = [
+            (&["list"], &none, Some(0)),
+            (&["status"], &none, Some(0)),
+            (&["replicate", "-s", &master_uri, "-d", &evil_uri], &BOTH_PINS, Some(1)),
+        ];
+        for (args, pins, code) in cases {
+            let output = run(&lab.config, args, pins);
+            assert_eq!(output.status.code(), code, "{args:?}: {}", describe(&output));
+            assert!(!output.stdout.contains(&b'\r'), "{args:?}: a raw CR on stdout: {}", describe(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+            assert!(reasons.iter().all(|l| !l.contains('\r')), "{args:?}: a raw CR on stderr: {stderr}");
+            let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), reasons.join("\n"));
+            assert!(all.contains(escaped), "{args:?}: the label escaped: {}", describe(&output));
+        }
+    }
+
+    /// On a terminal, the confirmation names each position's module,
+    /// vendor slot id, serial and label, the label escaped so that it
+    /// cannot rewrite the lines above it.
+    #[timeout(120)]
+    fn confirmation_shows_module_and_slot() {
+        let evil = "EVIL\r  position 9: WLD_A, serial";
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+        let evil_serial = lab.hsms[1].softhsm().init_token(evil, crate::common::SO_PIN, crate::common::USER_PIN);
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let target = position(&slots, "hsm2", &evil_serial);
+        let free = position(&slots, "hsm2", "");
+        let free_slot = slots[free as usize]["vendor_slot_id"].as_u64().unwrap();
+
+        let (code, screen) = run_on_terminal(
+            &lab.config,
+            &["verify", "-s", &master.to_string(), "-d", &target.to_string()],
+            "n",
+        );
+        assert_eq!(code, Some(2), "{screen}");
+        assert!(screen.contains("label EVIL\\r  position 9: WLD_A, serial"), "{screen}");
+        assert!(!screen.contains("EVIL\r"), "a raw CR in the label: {screen:?}");
+        assert!(screen.contains("cancelled; nothing was written"), "{screen}");
+
+        let (code, screen) = run_on_terminal(
+            &lab.config,
+            &["replicate", "--dry-run", "-s", &master.to_string(), "-d", &free.to_string()],
+            "y",
+        );
+        assert_eq!(code, Some(0), "{screen}");
+        let line = format!("position {free}: module hsm2, vendor slot {free_slot:#x}, serial (none)");
+        assert!(screen.contains(&line), "{screen}");
+    }
+
+    /// `verify` of several WLD slots prints one JSON document with a
+    /// report per slot, and one line for the slot that differs.
+    #[timeout(120)]
+    fn verify_json_is_one_document() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let other = lab.hsms[1].softhsm().init_token("WLD_Other", crate::common::SO_PIN, crate::common::USER_PIN);
+
+        let output = run(&lab.config, &["--json", "verify"], &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let result = json(&output);
+        assert_eq!(result["command"], "verify");
+        assert_eq!(result["status"], "CKR_FUNCTION_FAILED", "{result:#}");
+        let reports = result["reports"].as_array().expect("one report per WLD slot");
+        assert_eq!(reports.len(), 2, "{result:#}");
+        let differing = reports
+            .iter()
+            .find(|r| r["tokens"][0]["label"] == MASTER_LABEL)
+            .expect("a report of the master's WLD slot");
+        let single = reports
+            .iter()
+            .find(|r| r["tokens"][0]["serial"] == other.as_str())
+            .expect("a report of WLD_Other's slot");
+        assert_ne!(differing["wld_slot"], single["wld_slot"]);
+        assert_eq!(differing["differences"], 8, "7 missing, 1 extra: {differing:#}");
+        assert_eq!(single["differences"], 0, "{single:#}");
+        assert_eq!(result["differences"], 8);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
+        assert!(reasons[0].contains("differ in 8 places"), "{stderr}");
+
+        let output = run(&lab.config, &["verify"], &BOTH_PINS);
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(text.matches("WLD slot ").count(), 2, "a heading per WLD slot: {text}");
+    }
+
     /// A dry run by URIs shows the plan and writes nothing.
     #[timeout(120)]
     fn dry_run_writes_nothing() {
@@ -106,10 +383,46 @@ isolated! {
         assert!(output.status.success(), "{}", describe(&output));
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(text.contains("to be created 7"), "{text}");
-        assert!(text.contains("plan: remove"), "{text}");
+        assert!(text.contains("plan: remove data object label \"stale-object\""), "{text}");
         let objects = snapshot(lab.hsms[1].softhsm(), &stale);
         assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
     }
+}
+
+/// Runs `p11wld` on a terminal, as `script` (util-linux) provides one,
+/// with the PINs in the environment, and answers its prompt with
+/// `answer`. Returns the exit status and what the terminal showed.
+fn run_on_terminal(
+    config: &common::ConfigFile,
+    args: &[&str],
+    answer: &str,
+) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut words = vec![
+        common::paths::p11wld_cli(),
+        "--module".into(),
+        common::paths::p11wld_module(),
+    ];
+    words.extend(args.iter().map(Into::into));
+    let line: Vec<String> = words.iter().map(|w| format!("'{}'", w.display())).collect();
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &line.join(" "), "/dev/null"])
+        .env("P11WLD_CONFIG", config.path())
+        .env("P11WLD_SO_PIN", common::SO_PIN)
+        .env("P11WLD_USER_PIN", common::USER_PIN)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
 }
 
 /// Calls the extension through libp11wld.so's C ABI from the test process.
@@ -148,6 +461,60 @@ mod extension {
         field
     }
 
+    fn module_field(name: &str) -> [std::ffi::c_char; 64] {
+        let mut field = [0; 64];
+        for (dst, src) in field.iter_mut().zip(name.bytes()) {
+            *dst = src as std::ffi::c_char;
+        }
+        field
+    }
+
+    /// Reads a NUL-terminated text field of the extension.
+    fn field_text(field: &[std::ffi::c_char]) -> String {
+        let bytes: Vec<u8> = field
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Loads libp11wld.so for the rest of the test process and returns its
+    /// extension and standard function lists, not yet initialized.
+    fn load_lists() -> (
+        &'static sys::P11WLD_FUNCTION_LIST,
+        &'static CK_FUNCTION_LIST,
+    ) {
+        // SAFETY: loading the module under test; it stays loaded until the
+        // test process exits.
+        let library: &'static libloading::Library = Box::leak(Box::new(
+            unsafe { libloading::Library::new(paths::p11wld_module()) }.unwrap(),
+        ));
+        // SAFETY: the symbols have these signatures (include/p11wld.h and
+        // PKCS#11 2.40), and the lists they return are static.
+        unsafe {
+            let get_list = library.get::<GetList>(b"P11WLD_GetFunctionList\0").unwrap();
+            let get_functions = library
+                .get::<GetFunctionList>(b"C_GetFunctionList\0")
+                .unwrap();
+            let mut list = ptr::null_mut();
+            let mut functions = ptr::null_mut();
+            assert_eq!(get_list(&mut list), CKR_OK);
+            assert_eq!(get_functions(&mut functions), CKR_OK);
+            (&*list, &*functions)
+        }
+    }
+
+    /// Reads a list of the extension by the two-call convention.
+    fn fetch<T: Default + Clone>(call: impl Fn(*mut T, *mut sys::p11wld_ulong) -> CK_RV) -> Vec<T> {
+        let mut count = 0;
+        assert_eq!(call(ptr::null_mut(), &mut count), CKR_OK);
+        let mut list = vec![T::default(); count as usize];
+        assert_eq!(call(list.as_mut_ptr(), &mut count), CKR_OK);
+        list.truncate(count as usize);
+        list
+    }
+
     isolated! {
         /// The extension is reachable both ways, checks its arguments,
         /// reports progress, and hands out reports by the two-call
@@ -178,7 +545,10 @@ mod extension {
                 assert_eq!(get_functions(&mut functions), CKR_OK);
                 (&*list, &*functions)
             };
-            assert_eq!((ext.version.major, ext.version.minor), (1, 1));
+            assert_eq!(
+                (u32::from(ext.version.major), u32::from(ext.version.minor)),
+                (sys::P11WLD_VERSION_MAJOR, sys::P11WLD_VERSION_MINOR)
+            );
 
             let mut handle: sys::P11WLD_REPORT_HANDLE = 7;
             let args = sys::P11WLD_REPLICATE_ARGS::default();
@@ -192,7 +562,7 @@ mod extension {
                 let bad_flags = sys::P11WLD_REPLICATE_ARGS { flags: 0x100, ..Default::default() };
                 assert_eq!(ext.Replicate.unwrap()(&bad_flags, &mut handle), CKR_ARGUMENTS_BAD);
                 let unterminated = sys::P11WLD_REPLICATE_ARGS {
-                    master: sys::P11WLD_SLOT_REF { kind: sys::P11WLD_REF_SERIAL, position: 0, serial: [0x41; 17], module_name: [0; 64] },
+                    master: sys::P11WLD_SLOT_REF { kind: sys::P11WLD_REF_SERIAL, serial: [0x41; 17], ..Default::default() },
                     ..Default::default()
                 };
                 assert_eq!(ext.Replicate.unwrap()(&unterminated, &mut handle), CKR_ARGUMENTS_BAD);
@@ -260,6 +630,88 @@ mod extension {
             assert_eq!(copies.len(), 7, "{calls:?}");
             assert!(calls.iter().all(|c| c.1 <= c.2), "done never exceeds total: {calls:?}");
             assert_eq!(calls.last().map(|c| (c.1, c.2)), Some((8, 8)), "{calls:?}");
+        }
+
+        /// A position reference that expects an uninitialized token (empty
+        /// serial) must name its module, and a module or vendor slot id
+        /// that no longer matches rejects the run before anything is
+        /// written.
+        #[timeout(120)]
+        fn extension_pins_blank_serial() {
+            let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+            let _config = lab.config.set_env();
+            let (ext, standard) = load_lists();
+            // SAFETY: C_Initialize takes NULL.
+            assert_eq!(unsafe { standard.C_Initialize.unwrap()(ptr::null_mut()) }, CKR_OK);
+            // SAFETY: the two-call convention with valid buffers.
+            let slots = fetch(|list, count| unsafe { ext.ListPhysicalSlots.unwrap()(list, count) });
+            let free = slots
+                .iter()
+                .find(|s| field_text(&s.module_name) == "hsm2" && s.flags & sys::P11WLD_SLOT_TOKEN_INITIALIZED == 0)
+                .expect("hsm2 has a free slot");
+
+            let master = sys::P11WLD_SLOT_REF {
+                kind: sys::P11WLD_REF_SERIAL,
+                serial: serial_field(&lab.master_serial),
+                ..Default::default()
+            };
+            let blank = |module: &str, vendor_slot_id: u64| sys::P11WLD_SLOT_REF {
+                kind: sys::P11WLD_REF_POSITION,
+                position: free.position,
+                module_name: module_field(module),
+                vendor_slot_id,
+                ..Default::default()
+            };
+            let replicate = |destination: &sys::P11WLD_SLOT_REF| {
+                let args = sys::P11WLD_REPLICATE_ARGS {
+                    master,
+                    destinations: destination,
+                    destination_count: 1,
+                    flags: sys::P11WLD_REPLICATE_DRY_RUN,
+                    so_pin: crate::common::SO_PIN.as_ptr(),
+                    so_pin_len: crate::common::SO_PIN.len() as u64,
+                    user_pin: crate::common::USER_PIN.as_ptr(),
+                    user_pin_len: crate::common::USER_PIN.len() as u64,
+                    ..Default::default()
+                };
+                let mut handle = 0;
+                // SAFETY: valid arguments that live across the call.
+                let rv = unsafe { ext.Replicate.unwrap()(&args, &mut handle) };
+                let messages: Vec<String> = if handle == 0 {
+                    Vec::new()
+                } else {
+                    // SAFETY: a report handle the call returned.
+                    let problems = fetch(|list, count| unsafe {
+                        ext.GetReportProblems.unwrap()(handle, list, count)
+                    });
+                    // SAFETY: as above.
+                    assert_eq!(unsafe { ext.FreeReport.unwrap()(handle) }, CKR_OK);
+                    problems.iter().map(|p| field_text(&p.message)).collect()
+                };
+                (rv, handle, messages)
+            };
+
+            let (rv, handle, _) = replicate(&blank("", sys::P11WLD_NONE));
+            assert_eq!(rv, CKR_ARGUMENTS_BAD, "an empty serial without a module");
+            assert_eq!(handle, 0, "no report for unreadable arguments");
+
+            let (rv, _, messages) = replicate(&blank("hsm1", sys::P11WLD_NONE));
+            assert_eq!(rv, CKR_SLOT_ID_INVALID, "another module: {messages:?}");
+            assert!(messages.iter().any(|m| m.contains("belongs to module hsm2")), "{messages:?}");
+
+            let (rv, _, messages) = replicate(&blank("hsm2", free.vendor_slot_id + 1));
+            assert_eq!(rv, CKR_SLOT_ID_INVALID, "another vendor slot: {messages:?}");
+            assert!(messages.iter().any(|m| m.contains("vendor slot")), "{messages:?}");
+
+            let (rv, _, messages) = replicate(&blank("hsm2", free.vendor_slot_id));
+            assert_eq!(rv, CKR_OK, "module and vendor slot match: {messages:?}");
+
+            // SAFETY: the two-call convention with valid buffers.
+            let after = fetch(|list, count| unsafe { ext.ListPhysicalSlots.unwrap()(list, count) });
+            let initialized = after.iter().filter(|s| s.flags & sys::P11WLD_SLOT_TOKEN_INITIALIZED != 0).count();
+            assert_eq!(initialized, 1, "only the master is initialized");
+            // SAFETY: C_Finalize takes NULL.
+            assert_eq!(unsafe { standard.C_Finalize.unwrap()(ptr::null_mut()) }, CKR_OK);
         }
     }
 }

@@ -189,12 +189,16 @@ isolated! {
     }
 }
 
-/// Returns the problems of a report of `kind`.
+/// Returns the problems of `kind` of a report, or of every report of a
+/// `verify` result.
 fn problems<'a>(report: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
-    report["problems"]
-        .as_array()
-        .expect("the report lists problems")
-        .iter()
+    let reports: Vec<&serde_json::Value> = match report["reports"].as_array() {
+        Some(reports) => reports.iter().collect(),
+        None => vec![report],
+    };
+    reports
+        .into_iter()
+        .flat_map(|r| r["problems"].as_array().expect("the report lists problems"))
         .filter(|p| p["kind"] == kind)
         .collect()
 }
@@ -526,6 +530,92 @@ isolated! {
         check_nothing_written(&lab, None, Some(2));
     }
 
+    /// Uninitialized tokens all have an empty serial, so a position that
+    /// expects one is pinned by its module. Without the module the run is
+    /// rejected as invalid. After the positions shifted onto another
+    /// module's free slot, it is rejected too. Neither run writes anything.
+    #[timeout(300)]
+    fn blank_serial_pinned_by_module() {
+        let mut lab = lab(Reach::P11Kit, &[Start::Stale, Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let master_uri = format!("pkcs11:serial={}", lab.stale_serials[&1]);
+        let free = position(&slots, "hsm2", "");
+
+        lab.hsms[0].served().kill_hard();
+        let now = list(&lab.config);
+        assert_eq!(position(&now, "hsm3", ""), free, "hsm3's free slot moved up: {now:#?}");
+
+        let target = free.to_string();
+        let bare = format!("{free}=");
+        let output = run(
+            &lab.config,
+            &["replicate", "-s", &master_uri, "-d", &target, "--expect-serial", &bare],
+            &BOTH_PINS,
+        );
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("@MODULE"), "{stderr}");
+
+        let pinned = format!("{free}=@hsm2");
+        let output = run(
+            &lab.config,
+            &["--json", "replicate", "-s", &master_uri, "-d", &target, "--expect-serial", &pinned],
+            &BOTH_PINS,
+        );
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["status"], "CKR_SLOT_ID_INVALID");
+        let rejected = problems(&report, "slot");
+        let messages: Vec<&str> = rejected.iter().map(|p| p["message"].as_str().unwrap()).collect();
+        assert!(messages.iter().any(|m| m.contains("module hsm3")), "{messages:?}");
+
+        let states = tokens(&lab, 2);
+        let initialized: Vec<_> = states.iter().filter(|t| t.initialized).collect();
+        assert_eq!(initialized.len(), 1, "hsm3 holds only its stale token: {states:?}");
+        check_nothing_written(&lab, None, Some(2));
+    }
+
+    /// A process never learns the tokens of a module it cannot reach, so
+    /// while one HSM is down, replicating to all members and verifying WLD
+    /// slots are rejected with one line naming it, and nothing is written.
+    #[timeout(300)]
+    fn unreachable_hsm_rejects_all() {
+        let mut lab = lab(Reach::P11Kit, &[Start::Stale, Start::Stale], |_| {});
+        lab.hsms[2].served().kill_hard();
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        // Private keys cannot travel through p11-kit 0.24, so they are
+        // skipped, and only the unreachable module can reject the run.
+        let cases: [&[&str]; 4] = [
+            &["--json", "replicate", "-s", &master_uri, "-d", "all", "--skip-unextractable"],
+            &["--json", "verify"],
+            &["--json", "verify", "--wld-slot", "0"],
+            &["--json", "verify", "-s", &master_uri, "-d", "all"],
+        ];
+        for args in cases {
+            let output = run(&lab.config, args, &BOTH_PINS);
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {}", describe(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+            assert_eq!(reasons.len(), 1, "{args:?}: one reason: {stderr}");
+            assert!(reasons[0].contains("module hsm3 is not reachable"), "{args:?}: {stderr}");
+        }
+        check_nothing_written(&lab, None, Some(1));
+
+        let output = run(&lab.config, &["--json", "status"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let status = json(&output);
+        let modules = status["modules"].as_array().expect("status lists the modules");
+        let states: Vec<&str> = modules.iter().map(|m| m["state"].as_str().unwrap()).collect();
+        assert_eq!(states[..2], ["up", "up"], "{status:#}");
+        assert_ne!(states[2], "up", "{status:#}");
+        assert_eq!(modules[2]["module"], "hsm3");
+        let output = run(&lab.config, &["status"], &Pins { so: None, user: None });
+        let text = String::from_utf8_lossy(&output.stdout);
+        let hsm3 = text.lines().find(|l| l.starts_with("hsm3 ")).unwrap_or_else(|| panic!("{text}"));
+        assert!(!hsm3.contains(" up "), "{text}");
+    }
+
     /// SoftHSM2 gives a token it initializes a new slot id and serial; the
     /// run finds it again and writes the objects there.
     #[timeout(300)]
@@ -554,6 +644,43 @@ isolated! {
         assert!(state.user_pin_initialized);
         assert_eq!(state.label, MASTER_LABEL);
         assert_eq!(snapshot(lab.hsms[1].softhsm(), &serial).len(), 7);
+    }
+}
+
+isolated! {
+    /// A label that is not valid UTF-8 (31 times "A", then the byte 0xE2)
+    /// reaches the destination byte for byte. The CLI prints it escaped,
+    /// and its JSON carries the bytes in hex.
+    #[timeout(300)]
+    fn invalid_utf8_label_copied_exactly() {
+        let mut label = [b'A'; 32];
+        label[31] = 0xE2;
+        let lab = lab_with_label(Reach::Direct, &[Start::Uninitialized], &label, |session| {
+            create_data_object(session, DATA_LABEL, DATA_VALUE);
+        });
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let fresh = position(&slots, "hsm2", "");
+        let output = replicate(&lab, &slots, master, &[fresh], &[], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let report = json(&output);
+        let serial = report["tokens"][1]["serial"].as_str().unwrap().to_owned();
+        let field = raw_token_label(lab.hsms[1].softhsm(), &serial);
+        assert_eq!(field, label, "label field {field:02x?}");
+
+        let hex: String = label.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(report["tokens"][0]["label_hex"], hex.as_str(), "{report:#}");
+        assert_eq!(report["tokens"][1]["label_hex"], hex.as_str(), "{report:#}");
+        let slots = list(&lab.config);
+        let labelled = slots.iter().filter(|s| s["label_hex"] == hex.as_str()).count();
+        assert_eq!(labelled, 2, "the master and its copy: {slots:#?}");
+
+        let output = run(&lab.config, &["list"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8(output.stdout).expect("list prints UTF-8");
+        let escaped = format!("{}\\xe2", "A".repeat(31));
+        assert_eq!(text.matches(&escaped).count(), 2, "{text}");
+        assert!(!text.contains('\u{fffd}'), "{text}");
     }
 }
 
@@ -685,6 +812,134 @@ isolated! {
         let serial = token["serial"].as_str().unwrap();
         let copy = snapshot(lab.hsms[1].softhsm(), serial);
         assert_eq!(copy, snapshot(lab.hsms[0].softhsm(), &lab.master_serial));
+    }
+}
+
+isolated! {
+    /// The destination's HSM dies in the middle of the copy: the run stops
+    /// writing to it, reports the failure once instead of once per object
+    /// left, and exits with 1.
+    #[timeout(300)]
+    fn dead_destination_reported_once() {
+        let mut lab = lab_with_master(Reach::P11Kit, &[Start::Uninitialized], |session| {
+            for n in 0..MANY_OBJECTS {
+                create_data_object(session, &format!("bulk-{n:04}"), format!("value {n}").as_bytes());
+            }
+        });
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let fresh = position(&slots, "hsm2", "");
+        let expect = expect_serials(&slots, &[master, fresh]);
+        let (master_arg, fresh_arg) = (master.to_string(), fresh.to_string());
+        let child = command(
+            &lab.config,
+            &["--json", "replicate", "-s", &master_arg, "-d", &fresh_arg, "--expect-serial", &expect],
+            &BOTH_PINS,
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("p11wld starts");
+
+        let started = std::time::Instant::now();
+        while object_files(lab.hsms[1].softhsm()) < MANY_OBJECTS / 4 {
+            assert!(started.elapsed().as_secs() < 120, "the copy did not start");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        lab.hsms[1].served().kill_hard();
+        let output = child.wait_with_output().expect("p11wld exits");
+        let written = object_files(lab.hsms[1].softhsm());
+        assert!(written < MANY_OBJECTS, "killed in the middle: {written} objects");
+
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        let problems = report["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 1, "one problem for the dead device: {problems:#?}");
+        let message = problems[0]["message"].as_str().unwrap();
+        assert!(message.contains("its device failed"), "{message}");
+        assert_eq!(problems[0]["token"], 1, "{problems:#?}");
+        assert_ne!(report["status"], "CKR_OK");
+        assert_eq!(report["tokens"][1]["complete"], false);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
+        assert!(stderr.lines().count() < 10, "no line per object left: {stderr}");
+    }
+}
+
+/// Secret keys on the master of the test whose master dies: each travels
+/// wrapped, so each copy calls the master.
+const MANY_KEYS: usize = 300;
+
+isolated! {
+    /// The master's HSM dies in the middle of the copy to the first of two
+    /// destinations: the run stops, reports the master's failure once and
+    /// the destination it did not reach once, and exits with 1.
+    #[timeout(300)]
+    fn dead_master_reported_once() {
+        use cryptoki::object::Attribute;
+        let mut lab = lab_with_master(Reach::P11Kit, &[Start::Uninitialized, Start::Uninitialized], |session| {
+            for n in 0..MANY_KEYS {
+                session
+                    .generate_key(
+                        &Mechanism::AesKeyGen,
+                        &[
+                            Attribute::Token(true),
+                            Attribute::Private(true),
+                            Attribute::Sensitive(true),
+                            Attribute::Extractable(true),
+                            Attribute::Encrypt(true),
+                            Attribute::ValueLen(32.into()),
+                            Attribute::Label(format!("key-{n:04}").into_bytes()),
+                        ],
+                    )
+                    .unwrap();
+            }
+        });
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let first = position(&slots, "hsm2", "");
+        let second = position(&slots, "hsm3", "");
+        let expect = expect_serials(&slots, &[master, first, second]);
+        let master_arg = master.to_string();
+        let targets = format!("{first},{second}");
+        let child = command(
+            &lab.config,
+            &["--json", "replicate", "-s", &master_arg, "-d", &targets, "--expect-serial", &expect],
+            &BOTH_PINS,
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("p11wld starts");
+
+        let started = std::time::Instant::now();
+        while object_files(lab.hsms[1].softhsm()) < MANY_KEYS / 4 {
+            assert!(started.elapsed().as_secs() < 120, "the copy did not start");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        lab.hsms[0].served().kill_hard();
+        let output = child.wait_with_output().expect("p11wld exits");
+        assert!(object_files(lab.hsms[1].softhsm()) < MANY_KEYS, "killed in the middle");
+
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        let problems = report["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 2, "the master's failure and the skipped destination: {problems:#?}");
+        let master_failure = problems[0]["message"].as_str().unwrap();
+        assert!(master_failure.contains("the master's device failed"), "{master_failure}");
+        assert_eq!(problems[0]["token"], 0, "{problems:#?}");
+        let skipped = problems[1]["message"].as_str().unwrap();
+        assert!(skipped.contains(&format!("position {second} (hsm3")), "{skipped}");
+        assert_eq!(problems[1]["token"], 2, "{problems:#?}");
+        assert_eq!(problems[1]["rv"], problems[0]["rv"], "{problems:#?}");
+        assert!(
+            tokens(&lab, 2).iter().all(|t| !t.initialized),
+            "the second destination was not touched"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
     }
 }
 

@@ -6,10 +6,12 @@
 //! in include/p11wld.h. It finds the HSMs through the module's own
 //! configuration (P11WLD_CONFIG).
 //!
-//! Exit status: 0 on success; 1 when a run fails or `verify` finds
-//! differences; 2 for invalid arguments (slots, URIs, positions without
-//! expected serials off a terminal) or a module that cannot be loaded.
-//! Every failure prints one line with the reason on stderr.
+//! Exit status: 0 on success, and 1 when a run fails or `verify` finds
+//! differences. It is 2 for a module that cannot be loaded and for invalid
+//! arguments: malformed options and slots, options without the ones they
+//! need, positions without expected serials off a terminal, a token named
+//! twice, a WLD slot that does not exist. Every failure prints one line
+//! with the reason on stderr.
 
 #[path = "p11wld/address.rs"]
 mod address;
@@ -31,10 +33,25 @@ use clap::{Args, Parser, Subcommand};
 use cryptoki_sys::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use module::Module;
+use p11wld::replicate::display::escape_nonprintable;
 use std::ffi::c_void;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// Help of --module; it lists module::MODULE_DIRS, which a const cannot
+/// join, so a test checks that the two agree.
+#[cfg(target_arch = "x86_64")]
+const MODULE_HELP: &str = "libp11wld.so to load [default: the one beside this program, else \
+    the dynamic loader's path, else /usr/lib/x86_64-linux-gnu/pkcs11, /usr/lib/pkcs11 and \
+    /usr/local/lib]";
+#[cfg(target_arch = "aarch64")]
+const MODULE_HELP: &str = "libp11wld.so to load [default: the one beside this program, else \
+    the dynamic loader's path, else /usr/lib/aarch64-linux-gnu/pkcs11, /usr/lib/pkcs11 and \
+    /usr/local/lib]";
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const MODULE_HELP: &str = "libp11wld.so to load [default: the one beside this program, else \
+    the dynamic loader's path, else /usr/lib/pkcs11 and /usr/local/lib]";
 
 #[derive(Parser)]
 #[command(
@@ -43,9 +60,7 @@ use std::process::ExitCode;
     about = "Administer the HSM tokens behind libp11wld.so: list slots, replicate and verify tokens"
 )]
 struct Cli {
-    /// libp11wld.so to load [default: the one beside this program, else the
-    /// system library path]
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", help = MODULE_HELP)]
     module: Option<PathBuf>,
     /// Print the result as JSON on stdout
     #[arg(long, global = true)]
@@ -58,8 +73,8 @@ struct Cli {
 enum Command {
     /// List every physical slot with its positional number, label and serial
     List,
-    /// Show each WLD member's state, sessions and failures as this process
-    /// knows them
+    /// Show whether each configured module is reachable, and each WLD
+    /// member's state, sessions and failures in this process
     Status,
     /// Copy every object and the label of a master token to other tokens
     Replicate(ReplicateArgs),
@@ -86,12 +101,13 @@ struct ReplicateArgs {
     #[arg(long)]
     skip_unextractable: bool,
     /// The serial expected at each positional number, as
-    /// POSITION=SERIAL[@MODULE] (empty SERIAL: an uninitialized token
-    /// without serial; MODULE: the module name `list` shows); required for
-    /// positional numbers when no terminal can confirm them
+    /// POSITION=SERIAL[@MODULE[:SLOT]], with the module name and vendor
+    /// slot id `list` shows. An empty SERIAL expects an uninitialized token
+    /// without serial and needs MODULE. Required for positional numbers
+    /// when no terminal can confirm them
     #[arg(
         long = "expect-serial",
-        value_name = "POSITION=SERIAL",
+        value_name = "POSITION=SERIAL[@MODULE[:SLOT]]",
         value_delimiter = ','
     )]
     expect_serial: Vec<String>,
@@ -100,7 +116,11 @@ struct ReplicateArgs {
 #[derive(Args)]
 struct VerifyArgs {
     /// Compare the members of this WLD slot [default: every WLD slot]
-    #[arg(long = "wld-slot", value_name = "ID", conflicts_with_all = ["source", "destinations"])]
+    #[arg(
+        long = "wld-slot",
+        value_name = "ID",
+        conflicts_with_all = ["source", "destinations", "expect_serial"]
+    )]
     wld_slot: Option<u64>,
     /// Reference token: a positional number or pkcs11:serial=SERIAL
     #[arg(
@@ -111,14 +131,20 @@ struct VerifyArgs {
     )]
     source: Option<String>,
     /// Tokens to compare with the reference, comma-separated, or `all`
-    #[arg(short = 'd', long = "destination", value_name = "SLOT[,SLOT...]|all")]
+    #[arg(
+        short = 'd',
+        long = "destination",
+        value_name = "SLOT[,SLOT...]|all",
+        requires = "source"
+    )]
     destinations: Option<String>,
     /// The serial expected at each positional number, as
-    /// POSITION=SERIAL[@MODULE]
+    /// POSITION=SERIAL[@MODULE[:SLOT]]
     #[arg(
         long = "expect-serial",
-        value_name = "POSITION=SERIAL",
-        value_delimiter = ','
+        value_name = "POSITION=SERIAL[@MODULE[:SLOT]]",
+        value_delimiter = ',',
+        requires = "source"
     )]
     expect_serial: Vec<String>,
 }
@@ -126,20 +152,57 @@ struct VerifyArgs {
 /// A failure: the one-line reason and the exit status.
 struct Failure(String, u8);
 
+impl Failure {
+    /// Prints the reason on stderr, escaped because it can quote a token's
+    /// label, and returns the exit status.
+    fn report(self) -> ExitCode {
+        let Failure(message, status) = self;
+        eprintln!("p11wld: {}", escape_nonprintable(message.as_bytes()));
+        ExitCode::from(status)
+    }
+}
+
 impl From<String> for Failure {
     fn from(message: String) -> Failure {
         Failure(message, 1)
     }
 }
 
+/// Exit status for invalid arguments, as clap uses it too.
+const USAGE: u8 = 2;
+
+/// Parses the command line. An invalid one gives one line on stderr, as
+/// every other failure does, and exit status 2.
+fn parse() -> Result<Cli, Failure> {
+    match Cli::try_parse() {
+        Ok(cli) => Ok(cli),
+        // --help and --version print to stdout and exit with 0.
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            let rendered = error.render().to_string();
+            let reason: Vec<&str> = rendered
+                .split("\n\n")
+                .next()
+                .unwrap_or_default()
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect();
+            let reason = reason.join(" ");
+            let reason = reason.strip_prefix("error: ").unwrap_or(&reason);
+            Err(Failure(format!("{reason}; see p11wld --help"), USAGE))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(failure) => return failure.report(),
+    };
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(message, status)) => {
-            eprintln!("p11wld: {message}");
-            ExitCode::from(status)
-        }
+        Err(failure) => failure.report(),
     }
 }
 
@@ -154,8 +217,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Verify(_) => (None, Some(pins::read(pins::USER_PIN_ENV, "user PIN")?)),
         _ => (None, None),
     };
-    let path = module::default_path(cli.module.as_deref());
-    let module = Module::load(&path).map_err(|m| Failure(m, 2))?;
+    let module = Module::load(cli.module.as_deref()).map_err(|m| Failure(m, USAGE))?;
     match &cli.command {
         Command::List => list(cli, &module),
         Command::Status => status(cli, &module),
@@ -191,18 +253,29 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
 fn list(cli: &Cli, module: &Module) -> Result<(), Failure> {
     let slots = module.physical_slots()?;
     if cli.json {
-        print_json(&output::slots_json(&slots))
-    } else {
-        print!("{}", output::slots_text(&slots));
-        Ok(())
+        return print_json(&output::slots_json(&slots));
     }
+    print!("{}", output::slots_text(&slots));
+    // Positions count only the slots listed, so a module that is missing
+    // shifts the positions after it.
+    for reason in module
+        .module_status()?
+        .iter()
+        .filter_map(output::unreachable_reason)
+    {
+        println!("note: {reason}, so its slots are missing and the positions after them shift");
+    }
+    Ok(())
 }
 
 fn status(cli: &Cli, module: &Module) -> Result<(), Failure> {
+    let modules = module.module_status()?;
     let members = module.member_status()?;
     if cli.json {
-        print_json(&output::members_json(&members))
+        print_json(&output::status_json(&modules, &members))
     } else {
+        print!("{}", output::modules_text(&modules));
+        println!();
         print!("{}", output::members_text(&members));
         Ok(())
     }
@@ -250,39 +323,97 @@ fn callback(bar: &Option<ProgressBar>) -> (sys::P11WLD_PROGRESS_CALLBACK, *mut c
     }
 }
 
-/// Prints a run's report and turns its code into the exit status.
-fn finish(
-    cli: &Cli,
-    command: &'static str,
+/// One call of Replicate or Verify: the WLD slot it compared, if it was
+/// called for one, its code, and its report, if the module made one.
+struct Outcome {
+    wld_slot: Option<u64>,
     rv: CK_RV,
     report: Option<module::Report>,
-) -> Result<(), Failure> {
-    let Some(report) = report else {
-        return Err(Failure(
-            format!("{command} failed: {}", p11wld::error::ckr_name(rv)),
-            1,
-        ));
-    };
+}
+
+impl Outcome {
+    /// Returns the failure of the call, or `None` when it succeeded.
+    fn failure(&self, command: &str) -> Option<Failure> {
+        if self.rv == CKR_OK {
+            return None;
+        }
+        // The extension returns CKR_ARGUMENTS_BAD for requests no token
+        // state can satisfy, such as the master among the destinations.
+        let status = if self.rv == CKR_ARGUMENTS_BAD {
+            USAGE
+        } else {
+            1
+        };
+        let name = p11wld::error::ckr_name(self.rv);
+        let Some(report) = &self.report else {
+            return Some(Failure(format!("{command} failed: {name}"), status));
+        };
+        let differences = report.info.differences;
+        let reason = report
+            .problems
+            .iter()
+            .find(|p| p.flags & sys::P11WLD_PROBLEM_SKIPPED == 0 && p.rv != CKR_OK)
+            .map(|p| module::text(&p.message));
+        let message = match reason {
+            Some(reason) => format!("{command} failed: {reason}"),
+            None if differences > 0 => {
+                format!("{command}: the tokens differ in {differences} places")
+            }
+            None => format!("{command} failed: {name}"),
+        };
+        Some(Failure(message, status))
+    }
+}
+
+/// Prints a replication's report and turns its code into the exit status.
+fn finish_replicate(cli: &Cli, outcome: Outcome) -> Result<(), Failure> {
+    if let Some(report) = &outcome.report {
+        if cli.json {
+            print_json(&output::report_json("replicate", report))?;
+        } else {
+            print!("{}", output::report_text(report));
+        }
+    }
+    match outcome.failure("replicate") {
+        Some(failure) => Err(failure),
+        None => Ok(()),
+    }
+}
+
+/// Prints the reports of one or more verifications as one document, and
+/// turns the first failure into the exit status.
+fn finish_verify(cli: &Cli, outcomes: &[Outcome]) -> Result<(), Failure> {
     if cli.json {
-        print_json(&output::report_json(command, &report))?;
+        let reports: Vec<_> = outcomes
+            .iter()
+            .filter_map(|o| o.report.as_ref().map(|report| (o.wld_slot, report)))
+            .collect();
+        let first_failure = outcomes.iter().map(|o| o.rv).find(|&rv| rv != CKR_OK);
+        print_json(&output::verify_json(
+            first_failure.unwrap_or(CKR_OK),
+            &reports,
+        ))?;
     } else {
-        print!("{}", output::report_text(&report));
+        for outcome in outcomes {
+            let Some(report) = &outcome.report else {
+                continue;
+            };
+            if let Some(id) = outcome.wld_slot {
+                println!("WLD slot {id}:");
+            }
+            print!("{}", output::report_text(report));
+        }
     }
-    if rv == CKR_OK {
+    let mut failures = outcomes.iter().filter_map(|o| o.failure("verify"));
+    let Some(Failure(message, status)) = failures.next() else {
         return Ok(());
-    }
-    let differences = report.info.differences;
-    let reason = report
-        .problems
-        .iter()
-        .find(|p| p.flags & sys::P11WLD_PROBLEM_SKIPPED == 0 && p.rv != CKR_OK)
-        .map(|p| module::text(&p.message));
-    let message = match reason {
-        Some(reason) => format!("{command} failed: {reason}"),
-        None if differences > 0 => format!("{command}: the tokens differ in {differences} places"),
-        None => format!("{command} failed: {}", p11wld::error::ckr_name(rv)),
     };
-    Err(Failure(message, 1))
+    let more = match failures.count() {
+        0 => return Err(Failure(message, status)),
+        1 => "1 more WLD slot".to_owned(),
+        count => format!("{count} more WLD slots"),
+    };
+    Err(Failure(format!("{message} (and {more} failed)"), status))
 }
 
 /// Builds the slot references of a run, with expected serials for
@@ -316,6 +447,7 @@ fn replicate(
     let destinations = address::parse_destinations(&args.destinations).map_err(usage)?;
     let mut named = vec![&source];
     named.extend(destinations.iter().flatten());
+    address::check_distinct(&named).map_err(usage)?;
     let action = if args.dry_run {
         "The dry run of the replication"
     } else {
@@ -356,7 +488,12 @@ fn replicate(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    finish(cli, "replicate", rv, report)
+    let outcome = Outcome {
+        wld_slot: None,
+        rv,
+        report,
+    };
+    finish_replicate(cli, outcome)
 }
 
 fn verify(cli: &Cli, module: &Module, args: &VerifyArgs, user_pin: &[u8]) -> Result<(), Failure> {
@@ -375,6 +512,18 @@ fn verify(cli: &Cli, module: &Module, args: &VerifyArgs, user_pin: &[u8]) -> Res
         let ids: Vec<u64> = match args.wld_slot {
             Some(id) => vec![id],
             None => {
+                // A module that is not reachable may hold members of any
+                // WLD slot, or of one this process never learned of.
+                let modules = module.module_status()?;
+                if let Some(reason) = modules.iter().find_map(output::unreachable_reason) {
+                    return Err(Failure(
+                        format!(
+                            "verify failed: {reason}, so no WLD slot was verified; every \
+                             configured module must be reachable"
+                        ),
+                        1,
+                    ));
+                }
                 let mut ids: Vec<u64> = module
                     .member_status()?
                     .iter()
@@ -387,22 +536,21 @@ fn verify(cli: &Cli, module: &Module, args: &VerifyArgs, user_pin: &[u8]) -> Res
         if ids.is_empty() {
             return Err(Failure("verify: no WLD slot has members".to_owned(), 1));
         }
-        let mut outcome = Ok(());
+        let mut outcomes = Vec::new();
         for id in ids {
             request.flags = sys::P11WLD_VERIFY_WLD_SLOT;
             request.wld_slot_id = id;
             let (rv, report) = module.verify(&request);
-            let result = finish(cli, "verify", rv, report);
-            if outcome.is_ok() {
-                outcome = result;
-            } else if let Err(Failure(message, _)) = result {
-                eprintln!("p11wld: {message}");
-            }
+            outcomes.push(Outcome {
+                wld_slot: Some(id),
+                rv,
+                report,
+            });
         }
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
-        return outcome;
+        return finish_verify(cli, &outcomes);
     };
 
     let usage = |m: String| Failure(m, 2);
@@ -413,6 +561,7 @@ fn verify(cli: &Cli, module: &Module, args: &VerifyArgs, user_pin: &[u8]) -> Res
     };
     let mut named = vec![&source];
     named.extend(others.iter().flatten());
+    address::check_distinct(&named).map_err(usage)?;
     let refs = references(module, &named, &args.expect_serial, "The verification")?;
     request.master = refs[0];
     let targets = &refs[1..];
@@ -426,5 +575,20 @@ fn verify(cli: &Cli, module: &Module, args: &VerifyArgs, user_pin: &[u8]) -> Res
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    finish(cli, "verify", rv, report)
+    let outcome = Outcome {
+        wld_slot: None,
+        rv,
+        report,
+    };
+    finish_verify(cli, &[outcome])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn module_help_lists_module_dirs() {
+        for dir in crate::module::MODULE_DIRS {
+            assert!(super::MODULE_HELP.contains(dir), "{dir}");
+        }
+    }
 }

@@ -6,7 +6,8 @@
 use super::{check_out, fill_list};
 
 use crate::instance::{enter, guard, Instance};
-use crate::replicate::slots;
+use crate::replicate::slots::{self, Reach};
+use cryptoki_sys::CKR_OK;
 use std::ffi::CStr;
 use std::sync::atomic::Ordering;
 
@@ -19,7 +20,10 @@ pub mod sys {
     include!(concat!(env!("OUT_DIR"), "/p11wld_ext.rs"));
 }
 
-pub use sys::{P11WLD_FUNCTION_LIST, P11WLD_MEMBER_STATUS, P11WLD_PHYSICAL_SLOT, P11WLD_VERSION};
+pub use sys::{
+    P11WLD_FUNCTION_LIST, P11WLD_MEMBER_STATUS, P11WLD_MODULE_STATUS, P11WLD_PHYSICAL_SLOT,
+    P11WLD_VERSION,
+};
 
 pub const INTERFACE_NAME: &CStr = c"p11wld";
 
@@ -39,6 +43,7 @@ pub static FUNCTION_LIST: P11WLD_FUNCTION_LIST = P11WLD_FUNCTION_LIST {
     GetReportActions: Some(report::get_report_actions),
     GetReportProblems: Some(report::get_report_problems),
     FreeReport: Some(report::free_report),
+    GetModuleStatus: Some(get_module_status),
 };
 
 /// Sets `*list` to the extension's function list. Works before
@@ -79,9 +84,20 @@ pub(crate) fn copy_text(field: &mut [std::ffi::c_char], text: &str) {
     }
 }
 
+/// Copies `bytes` unchanged into a NUL-terminated C field, cut to fit.
+/// A label is copied this way because it may not be UTF-8.
+pub(crate) fn copy_bytes(field: &mut [std::ffi::c_char], bytes: &[u8]) {
+    field.fill(0);
+    let room = field.len().saturating_sub(1);
+    for (dst, src) in field.iter_mut().zip(bytes.iter().take(room)) {
+        *dst = *src as std::ffi::c_char;
+    }
+}
+
 /// Lists every physical slot of every usable module, in positional order.
 pub fn physical_slots(instance: &Instance) -> Vec<P11WLD_PHYSICAL_SLOT> {
     slots::scan(instance)
+        .slots
         .iter()
         .map(|slot| {
             let mut entry = P11WLD_PHYSICAL_SLOT {
@@ -99,7 +115,7 @@ pub fn physical_slots(instance: &Instance) -> Vec<P11WLD_PHYSICAL_SLOT> {
                 if token.user_pin_initialized {
                     entry.flags |= sys::P11WLD_SLOT_USER_PIN_INITIALIZED;
                 }
-                copy_text(&mut entry.label, &token.label);
+                copy_bytes(&mut entry.label, &token.label);
                 copy_text(&mut entry.serial, &token.serial);
             }
             if slot.wld_slot.is_some() {
@@ -159,5 +175,42 @@ unsafe extern "C" fn get_member_status(
         let list = member_status(instance);
         // SAFETY: forwarded from the caller's contract.
         unsafe { fill_list(&list, members, count) }
+    })
+}
+
+/// Returns the state of every configured module, in configuration order.
+pub fn module_status(instance: &Instance) -> Vec<P11WLD_MODULE_STATUS> {
+    slots::scan(instance)
+        .modules
+        .iter()
+        .map(|module| {
+            let (state, slot_count, error) = match module.reach {
+                Reach::Up(count) => (sys::P11WLD_MODULE_UP, count, CKR_OK),
+                Reach::NotInitialized => (sys::P11WLD_MODULE_NOT_INITIALIZED, 0, CKR_OK),
+                Reach::NoSlots(rv) => (sys::P11WLD_MODULE_NO_SLOTS, 0, rv),
+            };
+            let mut status = P11WLD_MODULE_STATUS {
+                state,
+                slot_count: slot_count as sys::p11wld_ulong,
+                member_count: module.members as sys::p11wld_ulong,
+                members_down: module.members_down as sys::p11wld_ulong,
+                error,
+                ..Default::default()
+            };
+            copy_text(&mut status.module_name, &module.module.name);
+            status
+        })
+        .collect()
+}
+
+unsafe extern "C" fn get_module_status(
+    modules: *mut P11WLD_MODULE_STATUS,
+    count: *mut sys::p11wld_ulong,
+) -> sys::p11wld_rv {
+    enter("GetModuleStatus", |instance| {
+        check_out(count)?;
+        let list = module_status(instance);
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { fill_list(&list, modules, count) }
     })
 }

@@ -2,6 +2,7 @@
 //! out its plan.
 
 use super::attributes::{Attr, DERIVED, KEY_MATERIAL, TOKEN_SET};
+use super::display::escape_nonprintable;
 use super::objects::Object;
 use super::plan::{Plan, Route, Step};
 use super::report::{ActionKind, ObjectName, Phase, Problem, ProblemKind, Progress, Report};
@@ -45,15 +46,12 @@ pub fn unwrap_template(object: &Object) -> Vec<Attr> {
         .collect()
 }
 
-/// Builds a 32-byte label field: blank-padded, never NUL-terminated, cut at
-/// a character boundary when longer.
-pub fn label_field(label: &str) -> [u8; 32] {
+/// Builds a 32-byte label field from a label read from another token's
+/// field: its bytes unchanged, blank-padded, never NUL-terminated.
+pub fn label_field(label: &[u8]) -> [u8; 32] {
     let mut field = [b' '; 32];
-    let mut end = label.len().min(32);
-    while !label.is_char_boundary(end) {
-        end -= 1;
-    }
-    field[..end].copy_from_slice(&label.as_bytes()[..end]);
+    let end = label.len().min(32);
+    field[..end].copy_from_slice(&label[..end]);
     field
 }
 
@@ -78,7 +76,7 @@ fn initialized_serials(module: &VendorModule) -> Result<HashSet<String>> {
 /// with this label whose serial the module did not show before.
 pub fn initialize(
     slot: &PhysicalSlot,
-    label: &str,
+    label: &[u8],
     so_pin: &[u8],
     user_pin: &[u8],
 ) -> Result<(CK_SLOT_ID, TokenState)> {
@@ -98,8 +96,9 @@ pub fn initialize(
         1 => found.remove(0),
         count => {
             log::error!(
-                "module {}: {count} new tokens labelled {label} after C_InitToken on slot {}",
+                "module {}: {count} new tokens labelled \"{}\" after C_InitToken on slot {:#x}",
                 module.name,
+                escape_nonprintable(label),
                 slot.slot_id
             );
             return Err(Rv(CKR_TOKEN_NOT_RECOGNIZED));
@@ -124,6 +123,41 @@ pub fn set_user_pin(
     result
 }
 
+/// Returns whether a call's code means that the device behind the
+/// session failed or is gone, so further calls on it fail too.
+/// CKR_GENERAL_ERROR counts only when C_GetSessionInfo fails as well,
+/// because tokens also return it for a single object they reject.
+pub fn device_failed(session: &TokenSession, rv: Rv) -> bool {
+    match rv.0 {
+        CKR_DEVICE_ERROR
+        | CKR_DEVICE_REMOVED
+        | CKR_TOKEN_NOT_PRESENT
+        | CKR_SESSION_HANDLE_INVALID
+        | CKR_SESSION_CLOSED => true,
+        CKR_GENERAL_ERROR => session.info().is_err(),
+        _ => false,
+    }
+}
+
+/// The outcome of writing one destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Every step succeeded.
+    Complete,
+    /// Some objects failed; the others were written.
+    Incomplete,
+    /// The destination's device failed; nothing more was written to it.
+    DestinationLost,
+    /// The master's device failed; no destination can be written.
+    MasterLost,
+}
+
+/// A failed step: its code and what it was doing, for the message.
+struct StepFailure {
+    rv: Rv,
+    doing: &'static str,
+}
+
 /// One destination being written.
 pub struct Writer<'a> {
     pub master: &'a TokenSession,
@@ -131,13 +165,18 @@ pub struct Writer<'a> {
     pub dest: &'a TokenSession,
     pub dest_objects: &'a [Object],
     pub token: usize,
+    /// The destination's position, module, vendor slot and serial, for
+    /// messages.
+    pub name: String,
     /// Index in the report's actions of each write, then each remove.
     pub actions: Vec<usize>,
 }
 
 impl Writer<'_> {
-    /// Carries out `plan`. Returns whether every step succeeded.
-    pub fn run(&self, plan: &Plan, report: &mut Report, progress: &mut Progress) -> bool {
+    /// Carries out `plan`. It stops at the first failure of the master's
+    /// or the destination's device and reports it once, because every
+    /// later call on that device would fail too.
+    pub fn run(&self, plan: &Plan, report: &mut Report, progress: &mut Progress) -> Written {
         let needs_transport = plan.writes.iter().any(|step| {
             matches!(
                 step,
@@ -154,14 +193,19 @@ impl Writer<'_> {
             match Transport::open(self.master, self.dest) {
                 Ok(transport) => Some(transport),
                 Err(rv) => {
+                    if let Some(lost) = self.lost_device(rv) {
+                        let message = format!("setting up the transport keys failed: {rv}");
+                        self.stop(report, rv, lost, message, plan.steps(), progress);
+                        return lost;
+                    }
                     report.fail(
                         Some(self.token),
                         ProblemKind::Failed,
                         rv.0,
                         format!(
-                            "{}: setting up the transport keys failed: {rv}; sensitive keys \
-                             cannot be copied",
-                            report.tokens[self.token].serial
+                            "destination {}: setting up the transport keys failed: {rv}; \
+                             sensitive keys cannot be copied",
+                            self.name
                         ),
                     );
                     None
@@ -171,14 +215,40 @@ impl Writer<'_> {
             None
         };
 
-        let mut all_written = true;
+        let mut outcome = Written::Complete;
         for (index, step) in plan.writes.iter().enumerate() {
-            let ok = self.write(step, transport.as_ref(), self.actions[index], report);
-            all_written &= ok;
+            let written = self.write(step, transport.as_ref(), self.actions[index], report);
+            if let Err(failure) = written {
+                let object = &self.master_objects[step_master(step)];
+                if let Some(lost) = self.lost_device(failure.rv) {
+                    let message = format!(
+                        "{} {} failed: {}",
+                        failure.doing,
+                        object.describe(),
+                        failure.rv
+                    );
+                    let remaining = plan.steps() - index;
+                    self.stop(report, failure.rv, lost, message, remaining, progress);
+                    outcome = lost;
+                    break;
+                }
+                self.object_failed(report, object, failure.rv, failure.doing);
+                outcome = Written::Incomplete;
+            }
             progress.step(Phase::Copy, Some(self.token));
         }
         if let Some(transport) = transport {
             for (on_master, rv) in transport.close() {
+                // A device that failed destroys its session objects with
+                // the session, so only the other side's failures count.
+                let on_lost_device = match outcome {
+                    Written::MasterLost => on_master,
+                    Written::DestinationLost => !on_master,
+                    _ => false,
+                };
+                if on_lost_device {
+                    continue;
+                }
                 let token = if on_master { 0 } else { self.token };
                 report.fail(
                     Some(token),
@@ -191,24 +261,31 @@ impl Writer<'_> {
                 );
             }
         }
-
-        if !all_written {
-            if !plan.removes.is_empty() {
-                report.fail(
-                    Some(self.token),
-                    ProblemKind::Failed,
-                    CKR_FUNCTION_FAILED,
-                    format!(
-                        "{}: {} objects the master lacks are kept, because not every object \
-                         of the master is in place; run the replication again",
-                        report.tokens[self.token].serial,
-                        plan.removes.len()
-                    ),
-                );
+        match outcome {
+            Written::Complete => self.remove(plan, report, progress),
+            Written::Incomplete => {
+                if !plan.removes.is_empty() {
+                    report.fail(
+                        Some(self.token),
+                        ProblemKind::Failed,
+                        CKR_FUNCTION_FAILED,
+                        format!(
+                            "destination {}: {} objects the master lacks are kept, because not \
+                             every object of the master is in place; run the replication again",
+                            self.name,
+                            plan.removes.len()
+                        ),
+                    );
+                }
+                Written::Incomplete
             }
-            return false;
+            lost => lost,
         }
-        let mut all_removed = true;
+    }
+
+    /// Removes the objects the master lacks, after every write succeeded.
+    fn remove(&self, plan: &Plan, report: &mut Report, progress: &mut Progress) -> Written {
+        let mut outcome = Written::Complete;
         for (offset, &d) in plan.removes.iter().enumerate() {
             let object = &self.dest_objects[d];
             match self.dest.destroy(object.handle) {
@@ -216,14 +293,77 @@ impl Writer<'_> {
                     report.tokens[self.token].removed += 1;
                     report.actions[self.actions[plan.writes.len() + offset]].done = true;
                 }
+                Err(rv) if device_failed(self.dest, rv) => {
+                    let message = format!("removing {} failed: {rv}", object.describe());
+                    let remaining = plan.removes.len() - offset;
+                    self.stop(
+                        report,
+                        rv,
+                        Written::DestinationLost,
+                        message,
+                        remaining,
+                        progress,
+                    );
+                    return Written::DestinationLost;
+                }
                 Err(rv) => {
-                    all_removed = false;
+                    outcome = Written::Incomplete;
                     self.object_failed(report, object, rv, "removing");
                 }
             }
             progress.step(Phase::Remove, Some(self.token));
         }
-        all_removed
+        outcome
+    }
+
+    /// Returns which device failed, if `rv` means that one did: the
+    /// master's when C_GetSessionInfo fails on its session, else the
+    /// destination's.
+    fn lost_device(&self, rv: Rv) -> Option<Written> {
+        let device_level = matches!(
+            rv.0,
+            CKR_DEVICE_ERROR
+                | CKR_DEVICE_REMOVED
+                | CKR_TOKEN_NOT_PRESENT
+                | CKR_SESSION_HANDLE_INVALID
+                | CKR_SESSION_CLOSED
+                | CKR_GENERAL_ERROR
+        );
+        if !device_level {
+            return None;
+        }
+        if self.master.info().is_err() {
+            return Some(Written::MasterLost);
+        }
+        device_failed(self.dest, rv).then_some(Written::DestinationLost)
+    }
+
+    /// Records, once, that a device failed and the steps left were not
+    /// carried out, and counts them as done for the progress callback.
+    fn stop(
+        &self,
+        report: &mut Report,
+        rv: Rv,
+        lost: Written,
+        message: String,
+        remaining: usize,
+        progress: &mut Progress,
+    ) {
+        let (token, device) = match lost {
+            Written::MasterLost => (0, "the master's device"),
+            _ => (self.token, "its device"),
+        };
+        report.fail(
+            Some(token),
+            ProblemKind::Failed,
+            rv.0,
+            format!(
+                "destination {}: {message}; {device} failed, so {remaining} steps, this one \
+                 included, were not carried out",
+                self.name
+            ),
+        );
+        progress.done += remaining;
     }
 
     fn write(
@@ -232,7 +372,7 @@ impl Writer<'_> {
         transport: Option<&Transport>,
         action: usize,
         report: &mut Report,
-    ) -> bool {
+    ) -> std::result::Result<(), StepFailure> {
         let (master, route, old) = match step {
             Step::Create { master, route } => (*master, *route, None),
             Step::Replace { master, route, old } => (*master, *route, Some(*old)),
@@ -248,8 +388,10 @@ impl Writer<'_> {
             },
         };
         if let Err(rv) = created {
-            self.object_failed(report, object, rv, "copying");
-            return false;
+            return Err(StepFailure {
+                rv,
+                doing: "copying",
+            });
         }
         let entry = &mut report.tokens[self.token];
         if matches!(route, Route::Wrap(_)) {
@@ -270,11 +412,10 @@ impl Writer<'_> {
             }
         }
         report.actions[action].done = true;
-        true
+        Ok(())
     }
 
     fn object_failed(&self, report: &mut Report, object: &Object, rv: Rv, doing: &str) {
-        let serial = report.tokens[self.token].serial.clone();
         report.problem(Problem {
             token: Some(self.token),
             kind: ProblemKind::Failed,
@@ -282,8 +423,19 @@ impl Writer<'_> {
             object: Some(ObjectName::of(object)),
             attribute: None,
             skipped: false,
-            message: format!("{serial}: {doing} {} failed: {rv}", object.describe()),
+            message: format!(
+                "destination {}: {doing} {} failed: {rv}",
+                self.name,
+                object.describe()
+            ),
         });
+    }
+}
+
+/// Returns the index of the master object a step writes.
+fn step_master(step: &Step) -> usize {
+    match step {
+        Step::Create { master, .. } | Step::Replace { master, .. } => *master,
     }
 }
 
@@ -330,16 +482,16 @@ mod tests {
 
     #[test]
     fn label_field_blank_padded() {
-        let field = label_field("WLD_Slot_11");
+        let field = label_field(b"WLD_Slot_11");
         assert_eq!(&field[..11], b"WLD_Slot_11");
         assert!(field[11..].iter().all(|&b| b == b' '));
         assert!(!field.contains(&0));
     }
 
     #[test]
-    fn label_field_cut_at_char_boundary() {
-        let label = format!("{}é", "a".repeat(31));
-        let field = label_field(&label);
-        assert_eq!(field[31], b' ');
+    fn label_field_keeps_invalid_utf8() {
+        let mut label = vec![b'A'; 31];
+        label.push(0xE2);
+        assert_eq!(label_field(&label).as_slice(), label.as_slice());
     }
 }

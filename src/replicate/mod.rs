@@ -8,6 +8,7 @@
 
 pub mod attributes;
 pub mod copy;
+pub mod display;
 pub mod objects;
 pub mod plan;
 pub mod report;

@@ -3,6 +3,7 @@
 //! sensitive value.
 
 use super::attributes::{self, as_bool, as_ulong, ARRAYS, READ, SECRET_MATERIAL, UNCOMPARED};
+use super::display::escape_nonprintable;
 use super::token::TokenSession;
 use crate::error::Result;
 use cryptoki_sys::*;
@@ -198,7 +199,7 @@ pub fn describe(
     let id_hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "{type_name}{class_name} label \"{}\" id {}",
-        String::from_utf8_lossy(label),
+        escape_nonprintable(label),
         if id_hex.is_empty() { "(none)" } else { &id_hex }
     )
 }

@@ -28,7 +28,8 @@ pub struct TokenEntry {
     pub position: usize,
     pub module_name: String,
     pub slot_id: CK_SLOT_ID,
-    pub label: String,
+    /// The label's bytes as the token stores them.
+    pub label: Vec<u8>,
     pub serial: String,
     pub initialized_by_run: bool,
     pub user_pin_set: bool,
@@ -51,7 +52,7 @@ impl TokenEntry {
             position: slot.position,
             module_name: slot.module.name.clone(),
             slot_id: slot.slot_id,
-            label: slot.label().to_owned(),
+            label: slot.label().to_vec(),
             serial: slot.serial().to_owned(),
             initialized_by_run: false,
             user_pin_set: false,

@@ -1,6 +1,7 @@
 //! A replication run: every check on every token first, then the writes.
 
-use super::copy::{self, Writer};
+use super::copy::{self, Writer, Written};
+use super::display::escape_nonprintable;
 use super::objects::Object;
 use super::plan::{self, CannotTravel, Plan, Route};
 use super::report::{
@@ -46,12 +47,12 @@ struct Destination {
 pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress) -> Report {
     let mut report = Report::new(Kind::Replicate, request.flags);
     progress.report(Phase::Check, None);
-    let slots = slots::scan(instance);
+    let scan = slots::scan(instance);
 
-    let Some(master_slot) = resolve_master(&slots, request, &mut report) else {
+    let Some(master_slot) = resolve_master(&scan.slots, request, &mut report) else {
         return report;
     };
-    let Some(targets) = resolve_destinations(instance, &slots, &master_slot, request, &mut report)
+    let Some(targets) = resolve_destinations(instance, &scan, &master_slot, request, &mut report)
     else {
         return report;
     };
@@ -118,20 +119,22 @@ pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress
         );
         progress.total += dest.plan.steps();
     }
-    if report.status != CKR_OK {
-        return report;
-    }
     if request.dry_run {
+        // A rejected dry run reports its plan too, so the counts match the
+        // planned actions.
         for dest in &destinations {
             count_planned(&dest.plan, &mut report.tokens[dest.token]);
         }
         return report;
     }
+    if report.status != CKR_OK {
+        return report;
+    }
 
     let mut initialized_any = false;
-    for dest in &mut destinations {
+    for (index, dest) in destinations.iter_mut().enumerate() {
         initialized_any |= dest.session.is_none();
-        write_destination(
+        let written = write_destination(
             dest,
             &master,
             &master_objects,
@@ -140,6 +143,10 @@ pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress
             &mut report,
             progress,
         );
+        if written == Written::MasterLost {
+            skip_destinations(&mut destinations[index + 1..], &mut report, progress);
+            break;
+        }
     }
     if initialized_any {
         instance
@@ -180,13 +187,16 @@ fn resolve_master(
 }
 
 /// Resolves every destination; any reference that fails rejects the run.
+/// With `all`, so does every reason why the members found may not be all
+/// of them, such as a configured module that is not reachable.
 fn resolve_destinations(
     instance: &Instance,
-    slots: &[PhysicalSlot],
+    scan: &slots::Scan,
     master: &PhysicalSlot,
     request: &Request,
     report: &mut Report,
 ) -> Option<Vec<PhysicalSlot>> {
+    let slots = scan.slots.as_slice();
     let mut targets: Vec<PhysicalSlot> = Vec::new();
     if request.all {
         let Some(wld_slot) = master.wld_slot else {
@@ -208,21 +218,14 @@ fn resolve_destinations(
                 .filter(|s| s.wld_slot == Some(wld_slot) && s.position != master.position)
                 .cloned(),
         );
-        let unreachable = instance.topology.members().into_iter().filter(|m| {
-            m.wld_slot == wld_slot
-                && !slots
-                    .iter()
-                    .any(|s| s.serial() == m.serial && s.module_index == m.module_index)
-        });
-        for member in unreachable {
+        for reason in slots::unreachable_members(instance, scan, wld_slot) {
             report.fail(
                 None,
                 ProblemKind::Slot,
                 CKR_DEVICE_REMOVED,
                 format!(
-                    "member {} of WLD slot {wld_slot} is not reachable, so nothing was written; \
-                     name the reachable destinations to replicate without it",
-                    member.describe()
+                    "{reason}, so replicating to all members of WLD slot {wld_slot} was \
+                     rejected and nothing was written; name the reachable destinations instead"
                 ),
             );
         }
@@ -321,7 +324,7 @@ fn open_master(slot: &PhysicalSlot, user_pin: &[u8]) -> Result<TokenSession, Ref
 fn check_destination(
     slot: &PhysicalSlot,
     token: usize,
-    master_label: &str,
+    master_label: &[u8],
     request: &Request,
     report: &mut Report,
 ) -> Option<(Option<TokenSession>, bool, Vec<Object>)> {
@@ -352,10 +355,11 @@ fn check_destination(
             ProblemKind::Token,
             CKR_TOKEN_NOT_RECOGNIZED,
             format!(
-                "destination {}: its label is \"{}\", not the master's \"{master_label}\"; \
-                 only uninitialized tokens and tokens with the master's label are written",
+                "destination {}: its label is \"{}\", not the master's \"{}\"; only \
+                 uninitialized tokens and tokens with the master's label are written",
                 slot.describe(),
-                state.label
+                escape_nonprintable(&state.label),
+                escape_nonprintable(master_label),
             ),
         );
         return None;
@@ -568,6 +572,24 @@ fn count_planned(plan: &Plan, entry: &mut TokenEntry) {
     entry.removed = plan.removes.len();
 }
 
+/// Records, once for each, the destinations not written because the
+/// master's device failed, with the code it failed with.
+fn skip_destinations(skipped: &mut [Destination], report: &mut Report, progress: &mut Progress) {
+    let rv = report.tokens[0].status;
+    for dest in skipped {
+        report.fail(
+            Some(dest.token),
+            ProblemKind::Failed,
+            rv,
+            format!(
+                "destination {}: not written, because the master's device failed",
+                dest.slot.describe()
+            ),
+        );
+        progress.done += dest.plan.steps();
+    }
+}
+
 fn write_destination(
     dest: &mut Destination,
     master: &TokenSession,
@@ -576,7 +598,7 @@ fn write_destination(
     request: &Request,
     report: &mut Report,
     progress: &mut Progress,
-) {
+) -> Written {
     if dest.session.is_none() || dest.needs_user_pin {
         progress.report(Phase::Initialize, Some(dest.token));
         match prepare(dest, master_slot.label(), request, report) {
@@ -592,12 +614,12 @@ fn write_destination(
                     ),
                 );
                 progress.done += dest.plan.steps();
-                return;
+                return Written::Incomplete;
             }
         }
     }
     let Some(session) = &dest.session else {
-        return;
+        return Written::Incomplete;
     };
     let writer = Writer {
         master,
@@ -605,17 +627,20 @@ fn write_destination(
         dest: session,
         dest_objects: &dest.objects,
         token: dest.token,
+        name: dest.slot.describe(),
         actions: std::mem::take(&mut dest.actions),
     };
-    let complete = writer.run(&dest.plan, report, progress);
-    report.tokens[dest.token].complete = complete && dest.plan.blocked.is_empty();
+    let written = writer.run(&dest.plan, report, progress);
+    report.tokens[dest.token].complete =
+        written == Written::Complete && dest.plan.blocked.is_empty();
+    written
 }
 
 /// Initializes an uninitialized destination, or sets the user PIN of one
 /// a killed run initialized, and returns a session logged in as the user.
 fn prepare(
     dest: &mut Destination,
-    label: &str,
+    label: &[u8],
     request: &Request,
     report: &mut Report,
 ) -> crate::error::Result<TokenSession> {

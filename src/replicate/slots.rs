@@ -1,6 +1,7 @@
 //! Physical slots in positional order, and the slot references callers
 //! use to name them.
 
+use super::display::escape_nonprintable;
 use crate::instance::Instance;
 use crate::vendor::VendorModule;
 use crate::wld::topology::trim_padded;
@@ -24,7 +25,9 @@ pub struct PhysicalSlot {
 /// A token as C_GetTokenInfo reports it, padding removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenState {
-    pub label: String,
+    /// The label's bytes as the token stores them, which may not be
+    /// UTF-8, so that replication copies them exactly.
+    pub label: Vec<u8>,
     pub serial: String,
     pub initialized: bool,
     pub user_pin_initialized: bool,
@@ -35,8 +38,8 @@ impl PhysicalSlot {
         self.token.as_ref().map_or("", |t| t.serial.as_str())
     }
 
-    pub fn label(&self) -> &str {
-        self.token.as_ref().map_or("", |t| t.label.as_str())
+    pub fn label(&self) -> &[u8] {
+        self.token.as_ref().map_or(&[], |t| t.label.as_slice())
     }
 
     pub fn is_initialized(&self) -> bool {
@@ -48,10 +51,20 @@ impl PhysicalSlot {
         let serial = self.serial();
         let serial = if serial.is_empty() { "none" } else { serial };
         format!(
-            "position {} ({} slot {}, serial {serial})",
+            "position {} ({} slot {:#x}, serial {serial})",
             self.position, self.module.name, self.slot_id
         )
     }
+}
+
+/// Removes the padding of a 32-byte label field: trailing blanks, and the
+/// NULs some vendors write. The other bytes are kept as they are.
+pub fn trim_label(field: &[u8]) -> &[u8] {
+    let end = field
+        .iter()
+        .rposition(|&b| b != b' ' && b != 0)
+        .map_or(0, |p| p + 1);
+    &field[..end]
 }
 
 /// Reads a token's state; an uninitialized token's label is empty.
@@ -75,9 +88,9 @@ pub fn token_state(module: &VendorModule, slot_id: CK_SLOT_ID) -> Option<TokenSt
     let initialized = info.flags & CKF_TOKEN_INITIALIZED != 0;
     Some(TokenState {
         label: if initialized {
-            trim_padded(&info.label)
+            trim_label(&info.label).to_vec()
         } else {
-            String::new()
+            Vec::new()
         },
         serial: trim_padded(&info.serialNumber),
         initialized,
@@ -85,34 +98,97 @@ pub fn token_state(module: &VendorModule, slot_id: CK_SLOT_ID) -> Option<TokenSt
     })
 }
 
+/// The reachability of a configured module, as the scan found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Initialized, and C_GetSlotList listed this many slots, at least one.
+    Up(usize),
+    /// C_Initialize failed, so this process never learns its tokens.
+    NotInitialized,
+    /// C_GetSlotList failed with this code, or listed no slot (CKR_OK).
+    NoSlots(CK_RV),
+}
+
+/// One configured module as the scan found it.
+#[derive(Clone)]
+pub struct ModuleState {
+    pub module: Arc<VendorModule>,
+    pub reach: Reach,
+    /// Members of WLD slots on the module, and how many of them are down.
+    pub members: usize,
+    pub members_down: usize,
+}
+
+impl ModuleState {
+    /// Describes why the module is not reachable, or returns `None` when
+    /// it is.
+    pub fn unreachable_reason(&self) -> Option<String> {
+        let name = &self.module.name;
+        match self.reach {
+            Reach::Up(_) => None,
+            Reach::NotInitialized => Some(format!(
+                "module {name} is not reachable (C_Initialize failed)"
+            )),
+            Reach::NoSlots(CKR_OK) => {
+                Some(format!("module {name} is not reachable (it lists no slot)"))
+            }
+            Reach::NoSlots(rv) => Some(format!(
+                "module {name} is not reachable (C_GetSlotList failed: {})",
+                crate::error::ckr_name(rv)
+            )),
+        }
+    }
+}
+
+/// The physical slots in positional order, and the state of every
+/// configured module, in configuration order.
+pub struct Scan {
+    pub slots: Vec<PhysicalSlot>,
+    pub modules: Vec<ModuleState>,
+}
+
 /// Lists every physical slot of every usable module, in positional order.
 /// A module whose slot list cannot be read is left out, so the positions
 /// after it shift, as they would if its device were unplugged.
-pub fn scan(instance: &Instance) -> Vec<PhysicalSlot> {
+pub fn scan(instance: &Instance) -> Scan {
     let members = instance.topology.members();
     let mut slots = Vec::new();
+    let mut modules = Vec::new();
     for (module_index, module) in instance.modules.iter().enumerate() {
+        let own: Vec<_> = members
+            .iter()
+            .filter(|m| m.module_index == module_index)
+            .collect();
+        let mut state = ModuleState {
+            module: module.clone(),
+            reach: Reach::NotInitialized,
+            members: own.len(),
+            members_down: own.iter().filter(|m| !m.is_up()).count(),
+        };
         if !module.is_usable() {
+            modules.push(state);
             continue;
         }
         let ids = match module.slot_list(false) {
             Ok(ids) => ids,
             Err(rv) => {
                 log::warn!("module {}: C_GetSlotList failed: {rv}", module.name);
+                state.reach = Reach::NoSlots(rv.0);
+                modules.push(state);
                 continue;
             }
         };
+        state.reach = if ids.is_empty() {
+            Reach::NoSlots(CKR_OK)
+        } else {
+            Reach::Up(ids.len())
+        };
+        modules.push(state);
         for slot_id in ids {
             let token = token_state(module, slot_id);
             let wld_slot = token.as_ref().and_then(|token| {
-                members
-                    .iter()
-                    .find(|m| {
-                        m.module_index == module_index
-                            && m.slot_id == slot_id
-                            && m.serial == token.serial
-                            && token.initialized
-                    })
+                own.iter()
+                    .find(|m| m.slot_id == slot_id && m.serial == token.serial && token.initialized)
                     .map(|m| m.wld_slot)
             });
             slots.push(PhysicalSlot {
@@ -125,7 +201,40 @@ pub fn scan(instance: &Instance) -> Vec<PhysicalSlot> {
             });
         }
     }
-    slots
+    Scan { slots, modules }
+}
+
+/// Lists the reasons why the members the scan found in `wld_slot` may not
+/// be all of them. Each configured module that is not reachable is one,
+/// because its tokens may be members. Each member that is down or that the
+/// scan did not find is another.
+pub fn unreachable_members(instance: &Instance, scan: &Scan, wld_slot: CK_SLOT_ID) -> Vec<String> {
+    let mut reasons: Vec<String> = scan
+        .modules
+        .iter()
+        .filter_map(ModuleState::unreachable_reason)
+        .collect();
+    for member in instance.topology.members() {
+        if member.wld_slot != wld_slot {
+            continue;
+        }
+        let found = scan
+            .slots
+            .iter()
+            .any(|s| s.module_index == member.module_index && s.serial() == member.serial);
+        if !member.is_up() {
+            reasons.push(format!(
+                "member {} of WLD slot {wld_slot} is down",
+                member.describe()
+            ));
+        } else if !found {
+            reasons.push(format!(
+                "member {} of WLD slot {wld_slot} is not found",
+                member.describe()
+            ));
+        }
+    }
+    reasons
 }
 
 /// A caller's name for a physical slot.
@@ -133,11 +242,13 @@ pub fn scan(instance: &Instance) -> Vec<PhysicalSlot> {
 pub enum SlotRef {
     /// A position and the serial expected there; an empty serial expects
     /// an uninitialized token without one. A non-empty `module` must be
-    /// the name of the position's module.
+    /// the name of the position's module, and `slot_id`, when set, its
+    /// vendor slot id.
     Position {
         position: usize,
         serial: String,
         module: String,
+        slot_id: Option<CK_SLOT_ID>,
     },
     /// A token serial.
     Serial(String),
@@ -147,17 +258,24 @@ impl std::fmt::Display for SlotRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SlotRef::Position {
-                position, serial, ..
-            } if serial.is_empty() => {
-                write!(
-                    f,
-                    "position {position} (expected: uninitialized, no serial)"
-                )
-            }
-            SlotRef::Position {
-                position, serial, ..
+                position,
+                serial,
+                module,
+                slot_id,
             } => {
-                write!(f, "position {position} (expected serial {serial})")
+                write!(f, "position {position} (expected: ")?;
+                if serial.is_empty() {
+                    write!(f, "uninitialized, no serial")?;
+                } else {
+                    write!(f, "serial {serial}")?;
+                }
+                if !module.is_empty() {
+                    write!(f, ", module {module}")?;
+                }
+                if let Some(slot_id) = slot_id {
+                    write!(f, ", vendor slot {slot_id:#x}")?;
+                }
+                write!(f, ")")
             }
             SlotRef::Serial(serial) => write!(f, "serial {serial}"),
         }
@@ -174,6 +292,7 @@ pub fn resolve<'a>(
             position,
             serial,
             module,
+            slot_id,
         } => {
             let slot = slots.get(*position).ok_or_else(|| {
                 format!(
@@ -188,6 +307,13 @@ pub fn resolve<'a>(
                     slot.module.name
                 ));
             }
+            if slot_id.is_some_and(|id| id != slot.slot_id) {
+                return Err(format!(
+                    "{reference}: the slot there now is {} slot {:#x}; positions shift when a \
+                     device drops out, so list the slots again",
+                    slot.module.name, slot.slot_id
+                ));
+            }
             let Some(token) = &slot.token else {
                 return Err(format!("{reference}: the slot has no token now"));
             };
@@ -198,15 +324,15 @@ pub fn resolve<'a>(
                     format!("serial {}", token.serial)
                 };
                 return Err(format!(
-                    "{reference}: the token there now has {found} ({} slot {}); positions \
+                    "{reference}: the token there now has {found} ({} slot {:#x}); positions \
                      shift when a device drops out, so list the slots again",
                     slot.module.name, slot.slot_id
                 ));
             }
             if serial.is_empty() && token.initialized {
                 return Err(format!(
-                    "{reference}: the token there is initialized (label {})",
-                    token.label
+                    "{reference}: the token there is initialized (label \"{}\")",
+                    escape_nonprintable(&token.label)
                 ));
             }
             Ok(slot)

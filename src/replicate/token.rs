@@ -54,6 +54,17 @@ impl TokenSession {
         }
     }
 
+    /// Reads the session's state with C_GetSessionInfo, which fails when
+    /// the session or its device is gone.
+    pub fn info(&self) -> Result<CK_SESSION_INFO> {
+        let mut info = CK_SESSION_INFO::default();
+        Rv::check(vcall!(
+            self.module,
+            C_GetSessionInfo(self.handle, &mut info)
+        ))?;
+        Ok(info)
+    }
+
     pub fn logout(&self) -> Result<()> {
         match vcall!(self.module, C_Logout(self.handle)) {
             CKR_OK | CKR_USER_NOT_LOGGED_IN => Ok(()),

@@ -31,8 +31,8 @@ pub struct Request<'a> {
 pub fn verify(instance: &Instance, request: &Request, progress: &mut Progress) -> Report {
     let mut report = Report::new(Kind::Verify, request.flags);
     progress.report(Phase::Check, None);
-    let slots = slots::scan(instance);
-    let Some(tokens) = select(instance, &slots, request, &mut report) else {
+    let scan = slots::scan(instance);
+    let Some(tokens) = select(instance, &scan, request, &mut report) else {
         return report;
     };
     for (index, slot) in tokens.iter().enumerate() {
@@ -73,13 +73,16 @@ pub fn verify(instance: &Instance, request: &Request, progress: &mut Progress) -
     report
 }
 
-/// Lists the tokens to compare, the reference first.
+/// Lists the tokens to compare, the reference first. Comparing the
+/// members of a WLD slot needs every configured module reachable and
+/// every member up, because a member left out would pass unchecked.
 fn select(
     instance: &Instance,
-    slots: &[PhysicalSlot],
+    scan: &slots::Scan,
     request: &Request,
     report: &mut Report,
 ) -> Option<Vec<PhysicalSlot>> {
+    let slots = scan.slots.as_slice();
     let (reference, wld_slot) = match (&request.master, request.wld_slot) {
         (_, Some(id)) => (None, id),
         (Some(master), None) => match slots::resolve(slots, master) {
@@ -126,6 +129,15 @@ fn select(
         }
     };
 
+    if instance.topology.slot(wld_slot).is_err() {
+        report.fail(
+            None,
+            ProblemKind::Slot,
+            CKR_ARGUMENTS_BAD,
+            format!("WLD slot {wld_slot} does not exist"),
+        );
+        return None;
+    }
     let reference_position = reference.as_ref().map(|r| r.position);
     let mut tokens: Vec<PhysicalSlot> = reference.into_iter().collect();
     tokens.extend(
@@ -134,22 +146,16 @@ fn select(
             .filter(|s| s.wld_slot == Some(wld_slot) && Some(s.position) != reference_position)
             .cloned(),
     );
-    for member in instance.topology.members() {
-        let reached = slots
-            .iter()
-            .any(|s| s.module_index == member.module_index && s.serial() == member.serial);
-        if member.wld_slot == wld_slot && !reached {
-            report.fail(
-                None,
-                ProblemKind::Slot,
-                CKR_DEVICE_REMOVED,
-                format!(
-                    "member {} of WLD slot {wld_slot} is not reachable, so the slot cannot be \
-                     verified",
-                    member.describe()
-                ),
-            );
-        }
+    for reason in slots::unreachable_members(instance, scan, wld_slot) {
+        report.fail(
+            None,
+            ProblemKind::Slot,
+            CKR_DEVICE_REMOVED,
+            format!(
+                "{reason}, so WLD slot {wld_slot} was not verified; every configured module \
+                 must be reachable and every member up"
+            ),
+        );
     }
     if tokens.is_empty() {
         report.fail(

@@ -219,6 +219,38 @@ pub fn lab(reach: Reach, destinations: &[Start], extra_master_setup: impl FnOnce
 /// Sets up a lab as [`lab`] does, with a master that holds only what
 /// `setup` creates.
 pub fn lab_with_master(reach: Reach, destinations: &[Start], setup: impl FnOnce(&Session)) -> Lab {
+    lab_with_init(
+        reach,
+        destinations,
+        |master| master.init_token(MASTER_LABEL, SO_PIN, USER_PIN),
+        setup,
+    )
+}
+
+/// Sets up a lab as [`lab_with_master`] does, with a master token whose
+/// 32-byte label field is `label`, which need not be UTF-8.
+pub fn lab_with_label(
+    reach: Reach,
+    destinations: &[Start],
+    label: &[u8; 32],
+    setup: impl FnOnce(&Session),
+) -> Lab {
+    lab_with_init(
+        reach,
+        destinations,
+        |master| init_token_raw(master, label),
+        setup,
+    )
+}
+
+/// Sets up a lab whose master token `init_master` initializes and whose
+/// serial it returns.
+fn lab_with_init(
+    reach: Reach,
+    destinations: &[Start],
+    init_master: impl FnOnce(&SoftHsm) -> String,
+    setup: impl FnOnce(&Session),
+) -> Lab {
     let libraries = tempfile::Builder::new()
         .prefix("p11wld-softhsm-copies-")
         .tempdir()
@@ -238,7 +270,7 @@ pub fn lab_with_master(reach: Reach, destinations: &[Start], setup: impl FnOnce(
     };
 
     let master = SoftHsm::new();
-    let master_serial = master.init_token(MASTER_LABEL, SO_PIN, USER_PIN);
+    let master_serial = init_master(&master);
     master.with_user_session(&master_serial, USER_PIN, setup);
     let mut hsms = vec![wrap("hsm1".to_owned(), master)];
     let mut stale_serials = BTreeMap::new();
@@ -262,6 +294,123 @@ pub fn lab_with_master(reach: Reach, destinations: &[Start], setup: impl FnOnce(
         stale_serials,
         _libraries: libraries,
     }
+}
+
+/// Calls one function of SoftHSM2's list and checks that it returns
+/// CKR_OK.
+macro_rules! softhsm_call {
+    ($functions:expr, $name:ident ( $($arg:expr),* $(,)? )) => {{
+        // SAFETY: the entry comes from SoftHSM2's function list, and the
+        // callers pass pointers that are valid for the call.
+        let rv = unsafe { $functions.$name.unwrap()($($arg),*) };
+        assert_eq!(rv, cryptoki_sys::CKR_OK, "{} returned {rv:#x}", stringify!($name));
+    }};
+}
+
+/// Lists (slot id, initialized, serial) of every slot with a token.
+fn raw_tokens(functions: &cryptoki_sys::CK_FUNCTION_LIST) -> Vec<(u64, bool, String)> {
+    use cryptoki_sys::*;
+    let mut count: CK_ULONG = 0;
+    softhsm_call!(
+        functions,
+        C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut count)
+    );
+    let mut slots = vec![0; count as usize];
+    softhsm_call!(
+        functions,
+        C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut count)
+    );
+    slots.truncate(count as usize);
+    slots
+        .into_iter()
+        .map(|slot| {
+            let mut info = CK_TOKEN_INFO::default();
+            softhsm_call!(functions, C_GetTokenInfo(slot, &mut info));
+            let serial = String::from_utf8_lossy(&info.serialNumber)
+                .trim_end()
+                .to_owned();
+            (slot, info.flags & CKF_TOKEN_INITIALIZED != 0, serial)
+        })
+        .collect()
+}
+
+/// Initializes the free token of `softhsm` with the 32-byte label field
+/// `label` as it is, through SoftHSM2's C ABI, because the cryptoki crate
+/// takes a label as a `&str`. Sets the user PIN and returns the serial.
+pub fn init_token_raw(softhsm: &SoftHsm, label: &[u8; 32]) -> String {
+    use cryptoki_sys::*;
+    let _conf =
+        crate::common::ScopedEnv::set(crate::common::softhsm::SOFTHSM2_CONF, softhsm.conf_path());
+    // SAFETY: loading SoftHSM2 runs its initializers only.
+    let library =
+        unsafe { libloading::Library::new(paths::softhsm_module()) }.expect("libsofthsm2.so loads");
+    // SAFETY: C_GetFunctionList has this signature in every PKCS#11 version.
+    let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+        unsafe { library.get(b"C_GetFunctionList\0") }.expect("SoftHSM2 has C_GetFunctionList");
+    let mut list = std::ptr::null_mut();
+    // SAFETY: a valid out pointer; the list stays valid while loaded.
+    let functions = unsafe {
+        assert_eq!(get(&mut list), CKR_OK);
+        &*list
+    };
+    softhsm_call!(functions, C_Initialize(std::ptr::null_mut()));
+    let before = raw_tokens(functions);
+    let free = before
+        .iter()
+        .find(|(_, initialized, _)| !initialized)
+        .map(|(slot, _, _)| *slot)
+        .expect("SoftHSM2 has a free slot");
+    let so_pin = SO_PIN.as_bytes();
+    let user_pin = USER_PIN.as_bytes();
+    softhsm_call!(
+        functions,
+        C_InitToken(
+            free,
+            so_pin.as_ptr() as *mut _,
+            so_pin.len() as CK_ULONG,
+            label.as_ptr() as *mut _
+        )
+    );
+    // SoftHSM2 2.6.1 moves the token it initializes to a new slot with a
+    // new serial.
+    let (slot, _, serial) = raw_tokens(functions)
+        .into_iter()
+        .find(|(_, initialized, serial)| {
+            *initialized && !before.iter().any(|(_, _, old)| old == serial)
+        })
+        .expect("the initialized token has a new serial");
+    let mut session = 0;
+    softhsm_call!(
+        functions,
+        C_OpenSession(
+            slot,
+            CKF_SERIAL_SESSION | CKF_RW_SESSION,
+            std::ptr::null_mut(),
+            None,
+            &mut session
+        )
+    );
+    softhsm_call!(
+        functions,
+        C_Login(
+            session,
+            CKU_SO,
+            so_pin.as_ptr() as *mut _,
+            so_pin.len() as CK_ULONG
+        )
+    );
+    softhsm_call!(
+        functions,
+        C_InitPIN(
+            session,
+            user_pin.as_ptr() as *mut _,
+            user_pin.len() as CK_ULONG
+        )
+    );
+    softhsm_call!(functions, C_Logout(session));
+    softhsm_call!(functions, C_CloseSession(session));
+    softhsm_call!(functions, C_Finalize(std::ptr::null_mut()));
+    serial
 }
 
 /// Which PINs the `p11wld` process finds in its environment.
@@ -449,8 +598,8 @@ pub fn attribute_info(
 }
 
 /// Returns the expected-serial argument for `positions`: each one's
-/// position and serial in `slots`, with its module for a token without
-/// serial.
+/// position and serial in `slots`, with its module and vendor slot id for
+/// a token without serial.
 pub fn expect_serials(slots: &[Value], positions: &[u64]) -> String {
     positions
         .iter()
@@ -461,7 +610,11 @@ pub fn expect_serials(slots: &[Value], positions: &[u64]) -> String {
                 .unwrap_or_else(|| panic!("no position {p} in {slots:#?}"));
             let serial = slot["serial"].as_str().unwrap();
             if serial.is_empty() {
-                format!("{p}=@{}", slot["module"].as_str().unwrap())
+                format!(
+                    "{p}=@{}:{:#x}",
+                    slot["module"].as_str().unwrap(),
+                    slot["vendor_slot_id"].as_u64().unwrap()
+                )
             } else {
                 format!("{p}={serial}")
             }

@@ -1,8 +1,9 @@
 //! Slot arguments: positional numbers, PKCS#11 URIs (RFC 7512) naming a
 //! token serial, `all`, and the serials expected at positions.
 
-use crate::module::text;
+use crate::module::{field_bytes, shown, text};
 use crate::sys::{self, P11WLD_PHYSICAL_SLOT, P11WLD_SLOT_REF};
+use p11wld::replicate::display::escape_nonprintable;
 use std::collections::BTreeMap;
 use std::ffi::c_char;
 use std::io::{BufRead, IsTerminal, Write};
@@ -11,10 +12,11 @@ use std::io::{BufRead, IsTerminal, Write};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SlotArg {
     Position(usize),
-    /// From `pkcs11:serial=...`, with the label the URI requires, if any.
+    /// From `pkcs11:serial=...`, with the label bytes the URI requires,
+    /// if any.
     Serial {
         serial: String,
-        label: Option<String>,
+        label: Option<Vec<u8>>,
     },
 }
 
@@ -50,10 +52,8 @@ fn parse_uri(uri: &str) -> Result<SlotArg, String> {
         let (name, value) = attribute.split_once('=').ok_or_else(|| {
             format!("invalid URI pkcs11:{uri}: attribute {attribute:?} has no value")
         })?;
-        let value = percent_encoding::percent_decode_str(value)
-            .decode_utf8()
-            .map_err(|_| format!("invalid URI pkcs11:{uri}: {name} is not UTF-8"))?
-            .into_owned();
+        // RFC 7512 percent-encodes any byte, so a label need not be UTF-8.
+        let value: Vec<u8> = percent_encoding::percent_decode_str(value).collect();
         let slot = match name {
             "serial" => &mut serial,
             "token" => &mut label,
@@ -69,6 +69,9 @@ fn parse_uri(uri: &str) -> Result<SlotArg, String> {
         }
     }
     let serial = serial
+        .map(String::from_utf8)
+        .transpose()
+        .map_err(|_| format!("invalid URI pkcs11:{uri}: serial is not UTF-8"))?
         .filter(|s| !s.is_empty())
         .ok_or_else(|| format!("invalid URI pkcs11:{uri}: it must name the token serial"))?;
     if serial.len() > SERIAL_LEN {
@@ -91,23 +94,72 @@ pub fn parse_destinations(text: &str) -> Result<Option<Vec<SlotArg>>, String> {
     Ok(Some(slots))
 }
 
+/// Checks that no slot is named twice. Two names of one token, such as a
+/// position and a URI, are caught by the extension.
+pub fn check_distinct(slots: &[&SlotArg]) -> Result<(), String> {
+    for (index, slot) in slots.iter().enumerate().skip(1) {
+        let name = match slot {
+            SlotArg::Position(position) => format!("position {position}"),
+            SlotArg::Serial { serial, .. } => format!("pkcs11:serial={serial}"),
+        };
+        let same = |other: &&SlotArg| match (slot, other) {
+            (SlotArg::Position(a), SlotArg::Position(b)) => a == b,
+            (SlotArg::Serial { serial: a, .. }, SlotArg::Serial { serial: b, .. }) => a == b,
+            _ => false,
+        };
+        if slots[..index].iter().any(same) {
+            return Err(format!(
+                "{name} is named twice; the source and each destination must be distinct tokens"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The token the operator expects at a position.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Expected {
     pub serial: String,
     /// The module name; empty when not given.
     pub module: String,
+    /// The vendor slot id; `None` when not given.
+    pub slot_id: Option<u64>,
 }
 
-/// Parses `--expect-serial POSITION=SERIAL[@MODULE]` entries; an empty
-/// serial expects an uninitialized token without one.
+/// Parses a vendor slot id as `list` shows it (0x-prefixed hexadecimal),
+/// or in decimal.
+fn parse_slot_id(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// Splits `MODULE[:SLOT]` into the module name and the vendor slot id. A
+/// suffix after the last colon that is no slot id belongs to the name.
+fn split_module(text: &str) -> (&str, Option<u64>) {
+    match text.rsplit_once(':') {
+        Some((module, slot)) => match parse_slot_id(slot.trim()) {
+            Some(slot_id) => (module, Some(slot_id)),
+            None => (text, None),
+        },
+        None => (text, None),
+    }
+}
+
+/// Parses `--expect-serial POSITION=SERIAL[@MODULE[:SLOT]]` entries. An
+/// empty serial expects an uninitialized token without one, and then the
+/// module is required. Such tokens often all have an empty serial, so the
+/// serial alone would accept another module's uninitialized token after
+/// the positions shifted.
 pub fn parse_expected(entries: &[String]) -> Result<BTreeMap<usize, Expected>, String> {
     let mut expected = BTreeMap::new();
     for entry in entries {
         let (position, value) = entry.split_once('=').ok_or_else(|| {
-            format!("invalid --expect-serial {entry:?}: expected POSITION=SERIAL[@MODULE]")
+            format!("invalid --expect-serial {entry:?}: expected POSITION=SERIAL[@MODULE[:SLOT]]")
         })?;
         let (serial, module) = value.rsplit_once('@').unwrap_or((value, ""));
+        let (module, slot_id) = split_module(module.trim());
         let position: usize = position.trim().parse().map_err(|_| {
             format!("invalid --expect-serial {entry:?}: {position:?} is not a position")
         })?;
@@ -119,7 +171,15 @@ pub fn parse_expected(entries: &[String]) -> Result<BTreeMap<usize, Expected>, S
         let value = Expected {
             serial: serial.trim().to_owned(),
             module: module.trim().to_owned(),
+            slot_id,
         };
+        if value.serial.is_empty() && value.module.is_empty() {
+            return Err(format!(
+                "invalid --expect-serial {entry:?}: an empty serial (an uninitialized token) \
+                 needs the module too, as {position}=@MODULE or {position}=@MODULE:SLOT with \
+                 the module and vendor slot id `p11wld list` shows"
+            ));
+        }
         if expected.insert(position, value).is_some() {
             return Err(format!("--expect-serial names position {position} twice"));
         }
@@ -169,7 +229,7 @@ pub fn references(
                 0,
                 &Expected {
                     serial: serial.clone(),
-                    module: String::new(),
+                    ..Expected::default()
                 },
             )),
         })
@@ -191,10 +251,11 @@ pub fn check_uri_labels(
         };
         let found = listing.iter().find(|s| text(&s.serial) == *serial);
         if let Some(found) = found {
-            if text(&found.label) != *label {
+            if field_bytes(&found.label) != label.as_slice() {
                 return Err(format!(
-                    "pkcs11:serial={serial} names a token labelled {:?}, not {label:?}",
-                    text(&found.label)
+                    "pkcs11:serial={serial} names a token labelled \"{}\", not \"{}\"",
+                    shown(&found.label),
+                    escape_nonprintable(label)
                 ));
             }
         }
@@ -206,6 +267,7 @@ fn slot_ref(kind: sys::p11wld_ulong, position: usize, expected: &Expected) -> P1
     let mut reference = P11WLD_SLOT_REF {
         kind,
         position: position as sys::p11wld_ulong,
+        vendor_slot_id: expected.slot_id.unwrap_or(sys::P11WLD_NONE),
         ..Default::default()
     };
     copy_field(&mut reference.serial, &expected.serial);
@@ -246,16 +308,21 @@ fn confirm(
         let serial = text(&slot.serial);
         let _ = writeln!(
             stderr,
-            "  position {position}: {label}, serial {}, module {} slot {:#x}",
-            if serial.is_empty() { "(none)" } else { &serial },
-            text(&slot.module_name),
-            slot.vendor_slot_id
+            "  position {position}: module {}, vendor slot {:#x}, serial {}, label {label}",
+            shown(&slot.module_name),
+            slot.vendor_slot_id,
+            if serial.is_empty() {
+                "(none)".to_owned()
+            } else {
+                shown(&slot.serial)
+            },
         );
         serials.insert(
             position,
             Expected {
                 serial,
                 module: text(&slot.module_name),
+                slot_id: Some(slot.vendor_slot_id),
             },
         );
     }
@@ -272,14 +339,15 @@ fn confirm(
     Ok(serials)
 }
 
-/// Describes a slot's token for people: its label, or its state.
+/// Describes a slot's token for a terminal: its label, escaped, or its
+/// state.
 pub fn describe_label(slot: &P11WLD_PHYSICAL_SLOT) -> String {
     if slot.flags & sys::P11WLD_SLOT_TOKEN_PRESENT == 0 {
         "<no token>".to_owned()
     } else if slot.flags & sys::P11WLD_SLOT_TOKEN_INITIALIZED == 0 {
         "<uninitialized token>".to_owned()
     } else {
-        text(&slot.label)
+        shown(&slot.label)
     }
 }
 
@@ -301,9 +369,21 @@ mod tests {
             parse_slot("pkcs11:token=WLD%20A;serial=ab"),
             Ok(SlotArg::Serial {
                 serial: "ab".into(),
-                label: Some("WLD A".into())
+                label: Some(b"WLD A".to_vec())
             })
         );
+    }
+
+    #[test]
+    fn uri_label_keeps_bytes() {
+        assert_eq!(
+            parse_slot("pkcs11:token=AB%E2;serial=ab"),
+            Ok(SlotArg::Serial {
+                serial: "ab".into(),
+                label: Some(b"AB\xe2".to_vec())
+            })
+        );
+        assert!(parse_slot("pkcs11:serial=a%E2").is_err());
     }
 
     #[test]
@@ -322,14 +402,40 @@ mod tests {
             parse_destinations("1,3"),
             Ok(Some(vec![SlotArg::Position(1), SlotArg::Position(3)]))
         );
-        let expected = parse_expected(&["1=abc".into(), "3=".into()]).unwrap();
+        let expected = parse_expected(&["1=abc".into(), "3=@hsm2".into()]).unwrap();
         assert_eq!(expected[&1].serial, "abc");
         assert_eq!(expected[&3].serial, "");
         let with_module = parse_expected(&["4=@hsm2".into()]).unwrap();
         assert_eq!(with_module[&4].module, "hsm2");
         assert_eq!(with_module[&4].serial, "");
+        assert_eq!(with_module[&4].slot_id, None);
         assert!(parse_expected(&["1".into()]).is_err());
         assert!(parse_expected(&["1=a".into(), "1=b".into()]).is_err());
+    }
+
+    #[test]
+    fn slots_named_twice_rejected() {
+        let master = SlotArg::Position(0);
+        let other = SlotArg::Position(2);
+        let uri = parse_slot("pkcs11:serial=ab").unwrap();
+        assert!(check_distinct(&[&master, &other, &uri]).is_ok());
+        assert!(check_distinct(&[&master, &master]).is_err());
+        assert!(check_distinct(&[&master, &other, &other]).is_err());
+        assert!(check_distinct(&[&uri, &other, &uri]).is_err());
+    }
+
+    #[test]
+    fn empty_serial_needs_module() {
+        assert!(parse_expected(&["3=".into()]).is_err());
+        assert!(parse_expected(&["3=@".into()]).is_err());
+        let pinned = parse_expected(&["3=@hsm2:0x1a".into()]).unwrap();
+        assert_eq!(pinned[&3].module, "hsm2");
+        assert_eq!(pinned[&3].slot_id, Some(0x1a));
+        let decimal = parse_expected(&["3=@hsm2:26".into()]).unwrap();
+        assert_eq!(decimal[&3].slot_id, Some(26));
+        let colon_in_name = parse_expected(&["3=@vendor:a".into()]).unwrap();
+        assert_eq!(colon_in_name[&3].module, "vendor:a");
+        assert_eq!(colon_in_name[&3].slot_id, None);
     }
 
     #[test]

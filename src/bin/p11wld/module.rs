@@ -4,27 +4,93 @@
 
 use crate::sys::{self, P11WLD_FUNCTION_LIST};
 use cryptoki_sys::*;
+use p11wld::replicate::display::escape_nonprintable;
 use std::ffi::{c_char, CStr};
 use std::path::{Path, PathBuf};
 use std::ptr;
 
-/// The module's file name, looked up on the system library path when no
-/// copy is installed beside this program.
+/// The module's file name.
 const MODULE_FILE: &str = "libp11wld.so";
 
-/// Returns the module to load: `--module`, else libp11wld.so beside this
-/// program, else the bare file name, which the dynamic loader looks up.
-pub fn default_path(requested: Option<&Path>) -> PathBuf {
-    if let Some(path) = requested {
-        return path.to_owned();
-    }
+/// The directories PKCS#11 modules are usually installed in, searched
+/// after the dynamic loader's path: Debian's multiarch directory, the
+/// generic one, and /usr/local/lib, which the loader searches only after
+/// ldconfig ran.
+#[cfg(target_arch = "x86_64")]
+pub const MODULE_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/pkcs11",
+    "/usr/lib/pkcs11",
+    "/usr/local/lib",
+];
+#[cfg(target_arch = "aarch64")]
+pub const MODULE_DIRS: &[&str] = &[
+    "/usr/lib/aarch64-linux-gnu/pkcs11",
+    "/usr/lib/pkcs11",
+    "/usr/local/lib",
+];
+// NOTE: other architectures' Debian multiarch directories are not listed.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+pub const MODULE_DIRS: &[&str] = &["/usr/lib/pkcs11", "/usr/local/lib"];
+
+/// A place the module is looked up in without --module.
+enum Candidate {
+    /// A file path, tried when the file exists.
+    File(PathBuf),
+    /// The bare file name, which the dynamic loader looks up on its path.
+    LoaderPath,
+}
+
+fn candidates() -> Vec<Candidate> {
+    let mut candidates = Vec::new();
     let beside = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join(MODULE_FILE)));
-    match beside {
-        Some(path) if path.exists() => path,
-        _ => PathBuf::from(MODULE_FILE),
+    candidates.extend(beside.map(Candidate::File));
+    candidates.push(Candidate::LoaderPath);
+    candidates.extend(
+        MODULE_DIRS
+            .iter()
+            .map(|dir| Candidate::File(Path::new(dir).join(MODULE_FILE))),
+    );
+    candidates
+}
+
+/// Opens the module: `requested`, else the first of libp11wld.so beside
+/// this program, on the dynamic loader's path, and in [`MODULE_DIRS`].
+pub fn open_library(requested: Option<&Path>) -> Result<(libloading::Library, PathBuf), String> {
+    if let Some(path) = requested {
+        // SAFETY: loading a PKCS#11 module runs its initializers, which is
+        // what the operator asked for by naming it.
+        let library = unsafe { libloading::Library::new(path) }
+            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        return Ok((library, path.to_owned()));
     }
+    let mut tried = Vec::new();
+    for candidate in candidates() {
+        let path = match candidate {
+            Candidate::File(path) if path.exists() => path,
+            Candidate::File(path) => {
+                tried.push(path.display().to_string());
+                continue;
+            }
+            Candidate::LoaderPath => PathBuf::from(MODULE_FILE),
+        };
+        // SAFETY: loading the installed module runs its initializers, as
+        // any PKCS#11 application does.
+        match unsafe { libloading::Library::new(&path) } {
+            Ok(library) => return Ok((library, path)),
+            // A file that exists but does not load is reported, not
+            // passed over for one elsewhere.
+            Err(e) if path.is_absolute() => {
+                return Err(format!("cannot load {}: {e}", path.display()))
+            }
+            Err(_) => tried.push("the dynamic loader's path".to_owned()),
+        }
+    }
+    Err(format!(
+        "{MODULE_FILE} not found (tried {}); pass --module PATH",
+        tried.join(", ")
+    ))
 }
 
 /// A loaded and initialized libp11wld.so, finalized when dropped.
@@ -50,12 +116,11 @@ macro_rules! ext_call {
 }
 
 impl Module {
-    /// Loads the module, calls C_Initialize and finds the extension.
-    pub fn load(path: &Path) -> Result<Module, String> {
-        // SAFETY: loading a PKCS#11 module runs its initializers, which is
-        // what the operator asked for by naming it.
-        let library = unsafe { libloading::Library::new(path) }
-            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+    /// Loads the module (see [`open_library`]), calls C_Initialize and
+    /// finds the extension.
+    pub fn load(requested: Option<&Path>) -> Result<Module, String> {
+        let (library, path) = open_library(requested)?;
+        let path = path.as_path();
         let functions = standard_list(&library, path)?;
         let ext = extension_list(&library, path)?;
         let module = Module {
@@ -98,6 +163,12 @@ impl Module {
     pub fn physical_slots(&self) -> Result<Vec<sys::P11WLD_PHYSICAL_SLOT>, String> {
         fetch("ListPhysicalSlots", |list, count| {
             ext_call!(self, ListPhysicalSlots(list, count))
+        })
+    }
+
+    pub fn module_status(&self) -> Result<Vec<sys::P11WLD_MODULE_STATUS>, String> {
+        fetch("GetModuleStatus", |list, count| {
+            ext_call!(self, GetModuleStatus(list, count))
         })
     }
 
@@ -235,6 +306,20 @@ fn extension_list(
             path.display()
         ));
     }
+
+    // The structures' layout changes with the major version.
+    // SAFETY: checked non-NULL; the list starts with its version.
+    let version = unsafe { (*list).version };
+    if u32::from(version.major) != sys::P11WLD_VERSION_MAJOR {
+        return Err(format!(
+            "{} has p11wld extension version {}.{}, but this program needs {}.x; install a \
+             libp11wld.so and p11wld of one release",
+            path.display(),
+            version.major,
+            version.minor,
+            sys::P11WLD_VERSION_MAJOR
+        ));
+    }
     Ok(list)
 }
 
@@ -264,10 +349,21 @@ fn fetch<T: Default + Clone>(
     Err(format!("{name} failed: the list kept growing"))
 }
 
-/// Reads a NUL-terminated text field.
-pub fn text(field: &[c_char]) -> String {
+/// Returns the bytes of a NUL-terminated text field, without the NUL.
+pub fn field_bytes(field: &[c_char]) -> &[u8] {
     // SAFETY: c_char and u8 have the same size and alignment.
     let bytes: &[u8] = unsafe { std::slice::from_raw_parts(field.as_ptr().cast(), field.len()) };
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    &bytes[..end]
+}
+
+/// Reads a NUL-terminated text field, with invalid UTF-8 replaced.
+pub fn text(field: &[c_char]) -> String {
+    String::from_utf8_lossy(field_bytes(field)).into_owned()
+}
+
+/// Reads a NUL-terminated text field for a terminal: control characters
+/// and invalid UTF-8 escaped, because a token's label is any bytes.
+pub fn shown(field: &[c_char]) -> String {
+    escape_nonprintable(field_bytes(field))
 }

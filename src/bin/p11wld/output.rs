@@ -1,10 +1,11 @@
 //! Text and JSON renderings of the module's results.
 
 use crate::address::describe_label;
-use crate::module::{text, Report};
+use crate::module::{field_bytes, shown, text, Report};
 use crate::sys;
 use cryptoki_sys::*;
 use p11wld::error::ckr_name;
+use p11wld::replicate::display::escape_nonprintable;
 use serde::Serialize;
 
 #[derive(Serialize)]
@@ -16,24 +17,50 @@ pub struct SlotJson {
     initialized: bool,
     user_pin_initialized: bool,
     label: String,
+    /// The label's bytes in hex, when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label_hex: Option<String>,
     serial: String,
     /// `None` when the token belongs to no WLD slot.
     wld_slot: Option<u64>,
 }
 
+/// Returns a label for JSON: its text, with invalid UTF-8 replaced, and
+/// its bytes in hex when they are not UTF-8, because a JSON string cannot
+/// hold them.
+fn json_label(field: &[std::ffi::c_char]) -> (String, Option<String>) {
+    let bytes = field_bytes(field);
+    match std::str::from_utf8(bytes) {
+        Ok(label) => (label.to_owned(), None),
+        Err(_) => (
+            String::from_utf8_lossy(bytes).into_owned(),
+            Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        ),
+    }
+}
+
+/// Escapes a string for a terminal.
+fn escaped(text: &str) -> String {
+    escape_nonprintable(text.as_bytes())
+}
+
 pub fn slots_json(slots: &[sys::P11WLD_PHYSICAL_SLOT]) -> Vec<SlotJson> {
     slots
         .iter()
-        .map(|s| SlotJson {
-            position: s.position,
-            module: text(&s.module_name),
-            vendor_slot_id: s.vendor_slot_id,
-            token_present: s.flags & sys::P11WLD_SLOT_TOKEN_PRESENT != 0,
-            initialized: s.flags & sys::P11WLD_SLOT_TOKEN_INITIALIZED != 0,
-            user_pin_initialized: s.flags & sys::P11WLD_SLOT_USER_PIN_INITIALIZED != 0,
-            label: text(&s.label),
-            serial: text(&s.serial),
-            wld_slot: (s.wld_slot_id != sys::P11WLD_NO_WLD_SLOT).then_some(s.wld_slot_id),
+        .map(|s| {
+            let (label, label_hex) = json_label(&s.label);
+            SlotJson {
+                position: s.position,
+                module: text(&s.module_name),
+                vendor_slot_id: s.vendor_slot_id,
+                token_present: s.flags & sys::P11WLD_SLOT_TOKEN_PRESENT != 0,
+                initialized: s.flags & sys::P11WLD_SLOT_TOKEN_INITIALIZED != 0,
+                user_pin_initialized: s.flags & sys::P11WLD_SLOT_USER_PIN_INITIALIZED != 0,
+                label,
+                label_hex,
+                serial: text(&s.serial),
+                wld_slot: (s.wld_slot_id != sys::P11WLD_NO_WLD_SLOT).then_some(s.wld_slot_id),
+            }
         })
         .collect()
 }
@@ -52,13 +79,99 @@ pub fn slots_text(slots: &[sys::P11WLD_PHYSICAL_SLOT]) -> String {
         out.push_str(&format!(
             "{:>4}  {:<16} {:>10}  {:<32}  {:<16}  {wld}\n",
             s.position,
-            text(&s.module_name),
+            shown(&s.module_name),
             format!("{:#x}", s.vendor_slot_id),
             describe_label(s),
-            text(&s.serial),
+            shown(&s.serial),
         ));
     }
     out
+}
+
+#[derive(Serialize)]
+pub struct ModuleJson {
+    module: String,
+    /// "up", "not-initialized" or "no-slots".
+    state: &'static str,
+    slots: u64,
+    members: u64,
+    members_down: u64,
+    /// The code of the failed C_GetSlotList, if it failed.
+    error: Option<&'static str>,
+}
+
+fn module_state(state: sys::p11wld_ulong) -> &'static str {
+    match state {
+        sys::P11WLD_MODULE_UP => "up",
+        sys::P11WLD_MODULE_NOT_INITIALIZED => "not-initialized",
+        sys::P11WLD_MODULE_NO_SLOTS => "no-slots",
+        _ => "unknown",
+    }
+}
+
+pub fn modules_json(modules: &[sys::P11WLD_MODULE_STATUS]) -> Vec<ModuleJson> {
+    modules
+        .iter()
+        .map(|m| ModuleJson {
+            module: text(&m.module_name),
+            state: module_state(m.state),
+            slots: m.slot_count,
+            members: m.member_count,
+            members_down: m.members_down,
+            error: (m.error != CKR_OK).then(|| ckr_name(m.error)),
+        })
+        .collect()
+}
+
+/// Describes why a module is not reachable, or returns `None` when it is.
+pub fn unreachable_reason(module: &sys::P11WLD_MODULE_STATUS) -> Option<String> {
+    let name = shown(&module.module_name);
+    match module.state {
+        sys::P11WLD_MODULE_UP => None,
+        sys::P11WLD_MODULE_NOT_INITIALIZED => Some(format!(
+            "module {name} is not reachable (C_Initialize failed)"
+        )),
+        _ if module.error != CKR_OK => Some(format!(
+            "module {name} is not reachable (C_GetSlotList failed: {})",
+            ckr_name(module.error)
+        )),
+        _ => Some(format!("module {name} is not reachable (it lists no slot)")),
+    }
+}
+
+pub fn modules_text(modules: &[sys::P11WLD_MODULE_STATUS]) -> String {
+    let mut out = format!(
+        "{:<16} {:<15} {:>5} {:>7} {:>5}  {}\n",
+        "MODULE", "STATE", "SLOTS", "MEMBERS", "DOWN", "ERROR"
+    );
+    for m in modules_json(modules) {
+        out.push_str(&format!(
+            "{:<16} {:<15} {:>5} {:>7} {:>5}  {}\n",
+            escaped(&m.module),
+            m.state,
+            m.slots,
+            m.members,
+            m.members_down,
+            m.error.unwrap_or("-"),
+        ));
+    }
+    out
+}
+
+#[derive(Serialize)]
+pub struct StatusJson {
+    modules: Vec<ModuleJson>,
+    members: Vec<MemberJson>,
+}
+
+pub fn status_json(
+    modules: &[sys::P11WLD_MODULE_STATUS],
+    members: &[sys::P11WLD_MEMBER_STATUS],
+) -> StatusJson {
+    StatusJson {
+        modules: modules_json(modules),
+        members: members_json(members),
+    }
 }
 
 #[derive(Serialize)]
@@ -111,14 +224,14 @@ pub fn members_text(members: &[sys::P11WLD_MEMBER_STATUS]) -> String {
         "FAILURES",
         "LAST ERROR"
     );
-    for m in members_json(members) {
+    for (m, raw) in members_json(members).iter().zip(members) {
         out.push_str(&format!(
             "{:>8}  {:<16} {:>10}  {:<20}  {:<16}  {:<5} {:>8} {:>8} {:>8}  {}\n",
             m.wld_slot,
-            m.module,
+            shown(&raw.module_name),
             format!("{:#x}", m.vendor_slot_id),
-            m.label,
-            m.serial,
+            shown(&raw.label),
+            shown(&raw.serial),
             m.state,
             m.open_sessions,
             m.total_sessions,
@@ -135,6 +248,9 @@ struct ObjectJson {
     #[serde(rename = "type")]
     kind: Option<u64>,
     label: String,
+    /// The label's bytes in hex, when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label_hex: Option<String>,
     id: String,
 }
 
@@ -147,10 +263,12 @@ fn object_json(object: &sys::P11WLD_OBJECT_REF) -> ObjectJson {
     if object.id_len as usize > stored_len {
         id.push_str("...");
     }
+    let (label, label_hex) = json_label(&object.label);
     ObjectJson {
         class: object.object_class,
         kind: (object.type_ != sys::P11WLD_NO_TYPE).then_some(object.type_),
-        label: text(&object.label),
+        label,
+        label_hex,
         id,
     }
 }
@@ -162,6 +280,9 @@ struct TokenJson {
     module: String,
     vendor_slot_id: u64,
     label: String,
+    /// The label's bytes in hex, when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label_hex: Option<String>,
     serial: String,
     initialized_by_run: bool,
     user_pin_set: bool,
@@ -200,6 +321,9 @@ struct ProblemJson {
 #[derive(Serialize)]
 pub struct ReportJson {
     command: &'static str,
+    /// The WLD slot a verification compared, when it was called for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wld_slot: Option<u64>,
     status: &'static str,
     dry_run: bool,
     master_objects: u64,
@@ -239,6 +363,7 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
     let index = |i: u64| (i != sys::P11WLD_NONE).then_some(i);
     ReportJson {
         command,
+        wld_slot: None,
         status: ckr_name(report.info.status),
         dry_run: report.info.kind == sys::P11WLD_REPORT_REPLICATE
             && report.info.flags & sys::P11WLD_REPLICATE_DRY_RUN != 0,
@@ -247,29 +372,33 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
         tokens: report
             .tokens
             .iter()
-            .map(|t| TokenJson {
-                role: if t.role == sys::P11WLD_ROLE_MASTER {
-                    "master"
-                } else {
-                    "destination"
-                },
-                position: t.position,
-                module: text(&t.module_name),
-                vendor_slot_id: t.vendor_slot_id,
-                label: text(&t.label),
-                serial: text(&t.serial),
-                initialized_by_run: t.flags & sys::P11WLD_TOKEN_INITIALIZED_BY_RUN != 0,
-                user_pin_set: t.flags & sys::P11WLD_TOKEN_USER_PIN_SET != 0,
-                complete: t.flags & sys::P11WLD_TOKEN_COMPLETE != 0,
-                objects: t.objects,
-                created: t.created,
-                replaced: t.replaced,
-                removed: t.removed,
-                wrapped: t.wrapped,
-                skipped: t.skipped,
-                unchanged: t.unchanged,
-                differences: t.differences,
-                status: ckr_name(t.status),
+            .map(|t| {
+                let (label, label_hex) = json_label(&t.label);
+                TokenJson {
+                    role: if t.role == sys::P11WLD_ROLE_MASTER {
+                        "master"
+                    } else {
+                        "destination"
+                    },
+                    position: t.position,
+                    module: text(&t.module_name),
+                    vendor_slot_id: t.vendor_slot_id,
+                    label,
+                    label_hex,
+                    serial: text(&t.serial),
+                    initialized_by_run: t.flags & sys::P11WLD_TOKEN_INITIALIZED_BY_RUN != 0,
+                    user_pin_set: t.flags & sys::P11WLD_TOKEN_USER_PIN_SET != 0,
+                    complete: t.flags & sys::P11WLD_TOKEN_COMPLETE != 0,
+                    objects: t.objects,
+                    created: t.created,
+                    replaced: t.replaced,
+                    removed: t.removed,
+                    wrapped: t.wrapped,
+                    skipped: t.skipped,
+                    unchanged: t.unchanged,
+                    differences: t.differences,
+                    status: ckr_name(t.status),
+                }
             })
             .collect(),
         actions: report
@@ -300,16 +429,64 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
     }
 }
 
+/// The result of `verify`: one report per WLD slot compared, or one for
+/// the tokens named.
+#[derive(Serialize)]
+pub struct VerifyJson {
+    command: &'static str,
+    /// CKR_OK, or the code of the first verification that failed.
+    status: &'static str,
+    /// Differences over all reports.
+    differences: u64,
+    reports: Vec<ReportJson>,
+}
+
+/// Builds the result of `verify` from its reports, each with the WLD slot
+/// it compared, if it was called for one.
+pub fn verify_json(status: CK_RV, reports: &[(Option<u64>, &Report)]) -> VerifyJson {
+    let reports: Vec<ReportJson> = reports
+        .iter()
+        .map(|(wld_slot, report)| ReportJson {
+            wld_slot: *wld_slot,
+            ..report_json("verify", report)
+        })
+        .collect();
+    VerifyJson {
+        command: "verify",
+        status: ckr_name(status),
+        differences: reports.iter().map(|r| r.differences).sum(),
+        reports,
+    }
+}
+
+/// Describes a planned or written object: class, type, label and id.
+fn describe_object(object: &sys::P11WLD_OBJECT_REF) -> String {
+    let stored_len = (object.id_len as usize).min(object.id.len());
+    let subtype = (object.type_ != sys::P11WLD_NO_TYPE).then_some(object.type_);
+    let mut text = p11wld::replicate::objects::describe(
+        object.object_class,
+        subtype,
+        field_bytes(&object.label),
+        &object.id[..stored_len],
+    );
+    if object.id_len as usize > stored_len {
+        text.push_str("...");
+    }
+    text
+}
+
+/// Renders a report for people: each token with its counts, the plan of
+/// each destination of a dry run, then the problems.
 pub fn report_text(report: &Report) -> String {
     let json = report_json("", report);
+    let verifying = report.info.kind == sys::P11WLD_REPORT_VERIFY;
     let mut out = String::new();
-    for token in &json.tokens {
+    for (index, (token, raw)) in json.tokens.iter().zip(&report.tokens).enumerate() {
         let serial = if token.serial.is_empty() {
-            "(none)"
+            "(none)".to_owned()
         } else {
-            &token.serial
+            shown(&raw.serial)
         };
-        let verifying = report.info.kind == sys::P11WLD_REPORT_VERIFY;
         let role = match (token.role, verifying) {
             ("master", true) => "reference",
             (_, true) => "compared",
@@ -317,7 +494,11 @@ pub fn report_text(report: &Report) -> String {
         };
         out.push_str(&format!(
             "{role} position {} ({} slot {:#x}), label \"{}\", serial {serial}: {}\n",
-            token.position, token.module, token.vendor_slot_id, token.label, token.status
+            token.position,
+            shown(&raw.module_name),
+            token.vendor_slot_id,
+            shown(&raw.label),
+            token.status
         ));
         if token.role == "master" {
             out.push_str(&format!("  {} objects\n", token.objects));
@@ -328,43 +509,50 @@ pub fn report_text(report: &Report) -> String {
         } else if token.user_pin_set {
             out.push_str("  user PIN set by this run\n");
         }
-        if report.info.kind == sys::P11WLD_REPORT_VERIFY {
+        if verifying {
             out.push_str(&format!(
                 "  {} equal, {} differences\n",
                 token.unchanged, token.differences
             ));
-        } else {
-            let verb = if json.dry_run { "to be " } else { "" };
-            out.push_str(&format!(
-                "  {verb}created {}, {verb}replaced {} ({} of these keys wrapped), \
-                 {verb}removed {}, unchanged {}, skipped {}\n",
-                token.created,
-                token.replaced,
-                token.wrapped,
-                token.removed,
-                token.unchanged,
-                token.skipped
-            ));
+            continue;
         }
-    }
-    if json.dry_run {
-        for action in &json.actions {
+        let (verb, wrapped) = if json.dry_run {
+            ("to be ", "to travel wrapped")
+        } else {
+            ("", "travelled wrapped")
+        };
+        out.push_str(&format!(
+            "  {verb}created {}, {verb}replaced {}, {verb}removed {}; unchanged {}, skipped {}; \
+             {} keys {wrapped}\n",
+            token.created,
+            token.replaced,
+            token.removed,
+            token.unchanged,
+            token.skipped,
+            token.wrapped,
+        ));
+        if !json.dry_run {
+            continue;
+        }
+        let planned = report
+            .actions
+            .iter()
+            .filter(|a| a.token_index == index as sys::p11wld_ulong);
+        for action in planned {
+            let how = if action.wrapped != 0 { ", wrapped" } else { "" };
             out.push_str(&format!(
-                "  plan: {} {} on token {}: label \"{}\" id {}\n",
-                action.action,
-                if action.wrapped { "(wrapped)" } else { "" },
-                action.token,
-                action.object.label,
-                if action.object.id.is_empty() {
-                    "(none)"
-                } else {
-                    &action.object.id
-                }
+                "  plan: {} {}{how}\n",
+                action_kind(action.kind),
+                describe_object(&action.object)
             ));
         }
     }
     for problem in &json.problems {
-        out.push_str(&format!("{}: {}\n", problem.kind, problem.message));
+        out.push_str(&format!(
+            "{}: {}\n",
+            problem.kind,
+            escaped(&problem.message)
+        ));
     }
     out
 }

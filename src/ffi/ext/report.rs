@@ -1,10 +1,10 @@
 //! The report functions: a stored report converted to the header's
 //! structures. They work whether or not the module is initialized.
 
-use super::copy_text;
 use super::sys::{
     self, P11WLD_ACTION, P11WLD_OBJECT_REF, P11WLD_PROBLEM, P11WLD_REPORT_INFO, P11WLD_TOKEN_REPORT,
 };
+use super::{copy_bytes, copy_text};
 use crate::error::{Result, Rv};
 use crate::ffi::{check_out, fill_list};
 use crate::instance::guard;
@@ -29,7 +29,7 @@ fn object_ref(object: &ObjectName) -> P11WLD_OBJECT_REF {
         id_len: count(object.id.len()),
         ..Default::default()
     };
-    copy_text(&mut entry.label, &String::from_utf8_lossy(&object.label));
+    copy_bytes(&mut entry.label, &object.label);
     let stored_len = object.id.len().min(entry.id.len());
     entry.id[..stored_len].copy_from_slice(&object.id[..stored_len]);
     entry
@@ -66,7 +66,7 @@ fn token_report(token: &TokenEntry) -> P11WLD_TOKEN_REPORT {
         ..Default::default()
     };
     copy_text(&mut entry.module_name, &token.module_name);
-    copy_text(&mut entry.label, &token.label);
+    copy_bytes(&mut entry.label, &token.label);
     copy_text(&mut entry.serial, &token.serial);
     entry
 }

@@ -34,15 +34,25 @@ fn field_text(field: &[std::ffi::c_char]) -> Result<String> {
     Ok(text.trim_end_matches(' ').to_owned())
 }
 
-/// Converts one slot reference.
+/// Converts one slot reference. A position that expects an empty serial
+/// must name its module, because uninitialized tokens often all have an
+/// empty serial.
 fn slot_ref(reference: &P11WLD_SLOT_REF) -> Result<SlotRef> {
     let serial = field_text(&reference.serial)?;
     match reference.kind {
-        sys::P11WLD_REF_POSITION => Ok(SlotRef::Position {
-            position: usize::try_from(reference.position).map_err(|_| Rv(CKR_ARGUMENTS_BAD))?,
-            serial,
-            module: field_text(&reference.module_name)?,
-        }),
+        sys::P11WLD_REF_POSITION => {
+            let module = field_text(&reference.module_name)?;
+            if serial.is_empty() && module.is_empty() {
+                return Err(Rv(CKR_ARGUMENTS_BAD));
+            }
+            Ok(SlotRef::Position {
+                position: usize::try_from(reference.position).map_err(|_| Rv(CKR_ARGUMENTS_BAD))?,
+                serial,
+                module,
+                slot_id: (reference.vendor_slot_id != sys::P11WLD_NONE)
+                    .then_some(reference.vendor_slot_id),
+            })
+        }
         sys::P11WLD_REF_SERIAL => Ok(SlotRef::Serial(serial)),
         _ => Err(Rv(CKR_ARGUMENTS_BAD)),
     }
