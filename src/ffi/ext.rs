@@ -158,7 +158,7 @@ pub fn member_status(instance: &Instance) -> Vec<P11WLD_MEMBER_STATUS> {
                 ..Default::default()
             };
             copy_text(&mut status.module_name, &member.module.name);
-            copy_text(&mut status.label, &member.label);
+            copy_bytes(&mut status.label, &member.label_bytes);
             copy_text(&mut status.serial, &member.serial);
             list.push(status);
         }
