@@ -17,7 +17,7 @@
 
 use std::env;
 use std::error::Error;
-use std::ffi::{c_char, c_ulong, c_void};
+use std::ffi::{c_char, c_ulong};
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::thread;
@@ -28,6 +28,7 @@ use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
+use p11wld::ffi::ext::sys;
 
 type DemoResult<T> = Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -37,45 +38,11 @@ const SESSIONS_PER_THREAD: usize = 3;
 const CKR_OK: c_ulong = 0x0;
 const CKR_BUFFER_TOO_SMALL: c_ulong = 0x150;
 
-/// `P11WLD_MEMBER_UP` from `include/p11wld.h`.
-const P11WLD_MEMBER_UP: c_ulong = 0;
-
-/// `P11WLD_VERSION` from `include/p11wld.h`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct P11wldVersion {
-    major: u8,
-    minor: u8,
-}
-
-/// `P11WLD_MEMBER_STATUS` from `include/p11wld.h`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct P11wldMemberStatus {
-    wld_slot_id: c_ulong,
-    module_name: [c_char; 64],
-    vendor_slot_id: c_ulong,
-    label: [c_char; 33],
-    serial: [c_char; 17],
-    state: c_ulong,
-    open_sessions: c_ulong,
-    total_sessions: c_ulong,
-    failures: c_ulong,
-    last_error: c_ulong,
-}
-
-/// `P11WLD_FUNCTION_LIST` from `include/p11wld.h`.
-///
-/// The demo never calls `ListPhysicalSlots`, so its `P11WLD_PHYSICAL_SLOT`
-/// argument is declared as `c_void` here.
-#[repr(C)]
-struct P11wldFunctionList {
-    version: P11wldVersion,
-    get_info: Option<unsafe extern "C" fn(*mut P11wldVersion) -> c_ulong>,
-    list_physical_slots: Option<unsafe extern "C" fn(*mut c_void, *mut c_ulong) -> c_ulong>,
-    get_member_status:
-        Option<unsafe extern "C" fn(*mut P11wldMemberStatus, *mut c_ulong) -> c_ulong>,
-}
+// The extension's types, generated from include/p11wld.h by build.rs.
+type P11wldVersion = sys::P11WLD_VERSION;
+type P11wldMemberStatus = sys::P11WLD_MEMBER_STATUS;
+type P11wldFunctionList = sys::P11WLD_FUNCTION_LIST;
+const P11WLD_MEMBER_UP: c_ulong = sys::P11WLD_MEMBER_UP;
 
 type GetFunctionListFn = unsafe extern "C" fn(*mut *mut P11wldFunctionList) -> c_ulong;
 
@@ -112,7 +79,7 @@ impl Extension {
 
     fn version(&self) -> DemoResult<P11wldVersion> {
         // SAFETY: `functions` stays valid while `_library` is loaded.
-        let get_info = unsafe { (*self.functions).get_info }.ok_or("GetInfo is NULL")?;
+        let get_info = unsafe { (*self.functions).GetInfo }.ok_or("GetInfo is NULL")?;
         let mut version = P11wldVersion::default();
         // SAFETY: GetInfo writes one P11WLD_VERSION.
         check_rv("GetInfo", unsafe { get_info(&mut version) })?;
@@ -124,7 +91,7 @@ impl Extension {
     fn member_status(&self) -> DemoResult<Vec<P11wldMemberStatus>> {
         // SAFETY: `functions` stays valid while `_library` is loaded.
         let get_member_status =
-            unsafe { (*self.functions).get_member_status }.ok_or("GetMemberStatus is NULL")?;
+            unsafe { (*self.functions).GetMemberStatus }.ok_or("GetMemberStatus is NULL")?;
         for _ in 0..3 {
             let mut count: c_ulong = 0;
             // SAFETY: a NULL buffer asks for the count only.
