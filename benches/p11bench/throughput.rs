@@ -1,0 +1,174 @@
+//! Throughput through a WLD slot against SoftHSM2 used directly, in runs
+//! that alternate between the two so that drift of a shared machine
+//! cancels, with the median of the per-round ratios.
+
+use crate::ops::Op;
+use crate::report::{load_average, Table};
+use crate::setup::{Target, WorkerProcess};
+use crate::stats::{format_latency, format_rate, median, Summary};
+
+/// What one comparison runs.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+    pub threads: Vec<usize>,
+    pub millis: u64,
+    pub rounds: usize,
+}
+
+/// Runs of one operation and thread count on both targets, round by round.
+pub struct Comparison {
+    pub op: Op,
+    pub threads: usize,
+    pub direct: Vec<Summary>,
+    pub wld: Vec<Summary>,
+    /// The open sessions per member that the WLD worker reported in its
+    /// last run.
+    pub members: Option<String>,
+}
+
+impl Comparison {
+    /// Returns the ratio of WLD to direct throughput of each round.
+    pub fn ratios(&self) -> Vec<f64> {
+        self.direct
+            .iter()
+            .zip(&self.wld)
+            .map(|(d, w)| w.ops_per_second / d.ops_per_second)
+            .collect()
+    }
+}
+
+/// Runs one operation on a worker and returns its summary, with the
+/// `members` line if the worker sent one.
+pub fn run_once(
+    worker: &mut WorkerProcess,
+    op: Op,
+    threads: usize,
+    millis: u64,
+) -> Result<(Summary, Vec<String>), String> {
+    let lines = worker.command(&format!("run {} {threads} {millis}", op.name()))?;
+    let result = lines.last().ok_or("empty answer")?;
+    let fields: Vec<&str> = result.split_whitespace().collect();
+    let summary = Summary::parse_fields(fields.get(3..).unwrap_or(&[]))?;
+    Ok((summary, lines[..lines.len() - 1].to_vec()))
+}
+
+/// Runs `plan` on `direct` and `wld`, alternating: rounds with an even
+/// number run direct first, the others WLD first.
+pub fn compare(direct: &Target, wld: &Target, plan: &Plan) -> Result<Vec<Comparison>, String> {
+    let mut direct_worker = direct.spawn(&[])?;
+    let mut wld_worker = wld.spawn(&[])?;
+    let mut comparisons = Vec::new();
+    for &threads in &plan.threads {
+        for &op in &plan.ops {
+            let mut comparison = Comparison {
+                op,
+                threads,
+                direct: Vec::new(),
+                wld: Vec::new(),
+                members: None,
+            };
+            for round in 0..plan.rounds {
+                eprintln!(
+                    "  {} {threads} thread(s), round {} of {}",
+                    op.name(),
+                    round + 1,
+                    plan.rounds
+                );
+                let direct_first = round % 2 == 0;
+                for turn in 0..2 {
+                    if (turn == 0) == direct_first {
+                        let (summary, _) = run_once(&mut direct_worker, op, threads, plan.millis)?;
+                        comparison.direct.push(summary);
+                    } else {
+                        let (summary, notes) = run_once(&mut wld_worker, op, threads, plan.millis)?;
+                        comparison.wld.push(summary);
+                        comparison.members = members_note(&notes);
+                    }
+                }
+            }
+            comparisons.push(comparison);
+        }
+    }
+    direct_worker.quit()?;
+    wld_worker.quit()?;
+    Ok(comparisons)
+}
+
+/// Returns the session spread of a `members` line, as "a/b/c".
+pub fn members_note(notes: &[String]) -> Option<String> {
+    notes
+        .iter()
+        .find_map(|line| line.strip_prefix("members "))
+        .map(|counts| counts.split_whitespace().collect::<Vec<_>>().join("/"))
+}
+
+/// The throughput target of an operation, as a ratio to direct.
+pub fn target(op: Op) -> f64 {
+    match op {
+        Op::Ecdsa | Op::Rsa => 0.99,
+        _ => 0.95,
+    }
+}
+
+/// Prints one scenario's comparisons as a Markdown table.
+pub fn print(title: &str, comparisons: &[Comparison], with_members: bool) {
+    println!("### {title}\n");
+    println!("Load average at the end: {}.\n", load_average());
+    let mut header = vec![
+        "operation",
+        "threads",
+        "direct ops/s",
+        "WLD ops/s",
+        "ratio (median)",
+        "ratio range",
+        "target",
+        "direct mean / p50 / p99",
+        "WLD mean / p50 / p99",
+    ];
+    if with_members {
+        header.push("sessions per member");
+    }
+    let mut table = Table::new(&header);
+    for c in comparisons {
+        let ratios = c.ratios();
+        let ratio = median(&ratios);
+        let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let goal = target(c.op);
+        let mut row = vec![
+            c.op.name().to_owned(),
+            c.threads.to_string(),
+            format_rate(median_of(&c.direct, |s| s.ops_per_second)),
+            format_rate(median_of(&c.wld, |s| s.ops_per_second)),
+            format!("{:.3}", ratio),
+            format!("{low:.3} – {high:.3}"),
+            format!(
+                "≥ {goal:.2} {}",
+                if ratio >= goal { "met" } else { "MISSED" }
+            ),
+            latencies(&c.direct),
+            latencies(&c.wld),
+        ];
+        if with_members {
+            row.push(c.members.clone().unwrap_or_default());
+        }
+        table.row(row);
+    }
+    table.print();
+}
+
+fn median_of(summaries: &[Summary], field: impl Fn(&Summary) -> f64) -> f64 {
+    let values: Vec<f64> = summaries.iter().map(field).collect();
+    median(&values)
+}
+
+/// Formats the median mean, p50 and p99 latency over the rounds.
+fn latencies(summaries: &[Summary]) -> String {
+    format!(
+        "{} / {} / {}",
+        format_latency(median_of(summaries, |s| s.mean_ns)),
+        format_latency(median_of(summaries, |s| s.p50_ns)),
+        format_latency(median_of(summaries, |s| s.p99_ns)),
+    )
+}

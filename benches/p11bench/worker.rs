@@ -1,0 +1,374 @@
+//! The worker process: loads one PKCS#11 module and runs the commands the
+//! parent sends on stdin, answering on stdout, one line each.
+//!
+//! SoftHSM2 is one instance per process, so the parent runs the module used
+//! directly and p11wld (which loads SoftHSM2 itself) in separate workers.
+//!
+//! Commands and answers:
+//! - `run <op> <threads> <millis>`: each thread opens a session on the
+//!   token slots in turn, the first session of each slot logs in, every
+//!   thread finds the keys and warms up, then all run `<op>` for
+//!   `<millis>`. Answers `result <op> <threads> <summary fields>`. Before
+//!   it come a line `members <open sessions> ...` when the module is
+//!   p11wld, and a line `signatures <slot>:<count> ...` when the latency
+//!   module is loaded.
+//! - `iterate <op> <count>`: runs `<op>` `<count>` times on one thread, in
+//!   the function `measured_loop`, which callgrind collects alone. Answers
+//!   `done`.
+//! - `memory <sessions> <operations>`: reports the resident size as lines
+//!   `rss <stage> <KiB>` while it opens `<sessions>` sessions and then runs
+//!   `<operations>` operations. Answers `done` last.
+//! - `quit`: finalizes the module and exits.
+//!
+//! Any failure is answered with `error <message>` and ends the worker.
+
+use crate::ops::{Context, Op};
+use crate::pkcs11::Module;
+use crate::stats::{nanos_u32, Summary};
+use cryptoki_sys::*;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+/// Latencies kept per thread before the vector grows; enough for 4 s of
+/// 1 µs operations.
+const LATENCY_CAPACITY: usize = 1 << 22;
+/// How long each thread runs its operation before the measured time.
+const WARM_UP: Duration = Duration::from_millis(100);
+const WARM_UP_MAX_OPERATIONS: u32 = 200;
+
+/// What the worker was started with.
+pub struct WorkerArgs {
+    pub module: PathBuf,
+    pub label: String,
+    pub pin: String,
+    /// The fault-injection latency module, to read its signature counts.
+    pub latency: Option<PathBuf>,
+}
+
+impl WorkerArgs {
+    pub fn parse(args: &[String]) -> Result<WorkerArgs, String> {
+        let mut module = None;
+        let mut label = None;
+        let mut pin = None;
+        let mut latency = None;
+        let mut rest = args.iter();
+        while let Some(flag) = rest.next() {
+            let value = rest
+                .next()
+                .ok_or_else(|| format!("worker option {flag} needs a value"))?;
+            match flag.as_str() {
+                "--module" => module = Some(PathBuf::from(value)),
+                "--label" => label = Some(value.clone()),
+                "--pin" => pin = Some(value.clone()),
+                "--latency" => latency = Some(PathBuf::from(value)),
+                other => return Err(format!("unknown worker option {other}")),
+            }
+        }
+        Ok(WorkerArgs {
+            module: module.ok_or("the worker needs --module")?,
+            label: label.ok_or("the worker needs --label")?,
+            pin: pin.ok_or("the worker needs --pin")?,
+            latency,
+        })
+    }
+}
+
+/// Runs the worker until `quit` or end of input.
+pub fn main(args: &[String]) -> Result<(), String> {
+    let args = WorkerArgs::parse(args)?;
+    let module = Module::load(&args.module)?;
+    let slots = module.slots_with_label(&args.label)?;
+    if slots.is_empty() {
+        return Err(format!("no token labelled {} found", args.label));
+    }
+    let latency = args
+        .latency
+        .as_deref()
+        .map(LatencyCounts::load)
+        .transpose()?;
+    let worker = Worker {
+        module: &module,
+        slots,
+        pin: &args.pin,
+        latency,
+    };
+    answer(&format!("ready {}", worker.slots.len()));
+    for line in std::io::stdin().lock().lines() {
+        let line = line.map_err(|e| format!("cannot read a command: {e}"))?;
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["run", op, threads, millis] => {
+                worker.run(Op::parse(op)?, number(threads)?, number(millis)?)?
+            }
+            ["iterate", op, count] => worker.iterate(Op::parse(op)?, number(count)?)?,
+            ["memory", sessions, operations] => {
+                worker.memory(number(sessions)?, number(operations)?)?
+            }
+            ["quit"] => break,
+            _ => return Err(format!("unknown command {line:?}")),
+        }
+    }
+    module.finalize()
+}
+
+fn number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("invalid number {text:?} in a command"))
+}
+
+/// Writes one answer line and flushes it, so the parent reads it at once.
+fn answer(line: &str) {
+    let mut out = std::io::stdout().lock();
+    // A parent that went away ends the worker at its next read anyway.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// Reports a failure to the parent and ends the worker, also from one of
+/// its threads, whose siblings would otherwise wait for it forever.
+fn fail(message: &str) -> ! {
+    answer(&format!("error {message}"));
+    std::process::exit(1);
+}
+
+struct Worker<'a> {
+    module: &'a Module,
+    slots: Vec<CK_SLOT_ID>,
+    pin: &'a str,
+    latency: Option<LatencyCounts>,
+}
+
+impl Worker<'_> {
+    fn run(&self, op: Op, threads: usize, millis: u64) -> Result<(), String> {
+        if threads == 0 {
+            return Err("a run needs at least one thread".to_owned());
+        }
+        if let Some(latency) = &self.latency {
+            latency.reset();
+        }
+        let ready = Barrier::new(threads + 1);
+        let logged_in = Barrier::new(threads);
+        let start = Barrier::new(threads + 1);
+        let stop = AtomicBool::new(false);
+        let results: Vec<(Vec<u32>, f64)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|index| {
+                    let (ready, logged_in, start, stop) = (&ready, &logged_in, &start, &stop);
+                    scope.spawn(move || {
+                        let slot = self.slots[index % self.slots.len()];
+                        let session = self.module.open_session(slot).unwrap_or_else(|e| fail(&e));
+                        ready.wait();
+                        if index < self.slots.len() {
+                            self.module
+                                .login(session, self.pin)
+                                .unwrap_or_else(|e| fail(&e));
+                        }
+                        logged_in.wait();
+                        let mut context =
+                            Context::new(self.module, slot, session).unwrap_or_else(|e| fail(&e));
+                        warm_up(&mut context, op);
+                        start.wait();
+                        let measured = measure(&mut context, op, stop);
+                        self.module
+                            .close_session(session)
+                            .unwrap_or_else(|e| fail(&e));
+                        measured
+                    })
+                })
+                .collect();
+            ready.wait();
+            match self.module.member_sessions() {
+                Ok(Some(counts)) => {
+                    let counts: Vec<String> = counts.iter().map(u64::to_string).collect();
+                    answer(&format!("members {}", counts.join(" ")));
+                }
+                Ok(None) => {}
+                Err(e) => fail(&e),
+            }
+            start.wait();
+            std::thread::sleep(Duration::from_millis(millis));
+            stop.store(true, Ordering::Relaxed);
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap_or_else(|_| fail("a thread panicked")))
+                .collect()
+        });
+        let rates: Vec<f64> = results.iter().map(|(_, rate)| *rate).collect();
+        let mut latencies: Vec<u32> = results.into_iter().flat_map(|(l, _)| l).collect();
+        let summary = Summary::from_latencies(&mut latencies, &rates);
+        if let Some(latency) = &self.latency {
+            let counts: Vec<String> = latency
+                .read()
+                .iter()
+                .map(|(slot, count)| format!("{slot}:{count}"))
+                .collect();
+            answer(&format!("signatures {}", counts.join(" ")));
+        }
+        answer(&format!(
+            "result {} {threads} {}",
+            op.name(),
+            summary.to_fields()
+        ));
+        Ok(())
+    }
+
+    fn iterate(&self, op: Op, count: u64) -> Result<(), String> {
+        let slot = self.slots[0];
+        let session = self.module.open_session(slot)?;
+        self.module.login(session, self.pin)?;
+        let mut context = Context::new(self.module, slot, session)?;
+        warm_up(&mut context, op);
+        measured_loop(&mut context, op, count)?;
+        self.module.close_session(session)?;
+        answer("done");
+        Ok(())
+    }
+
+    fn memory(&self, sessions: usize, operations: u64) -> Result<(), String> {
+        let slot = self.slots[0];
+        let session = self.module.open_session(slot)?;
+        self.module.login(session, self.pin)?;
+        let mut context = Context::new(self.module, slot, session)?;
+        // Every operation once, and a few sessions, so that lazily made
+        // state exists before the first figure.
+        for op in MEMORY_MIX {
+            for _ in 0..100 {
+                context.run(op)?;
+            }
+        }
+        let mut opened = Vec::with_capacity(sessions);
+        answer(&format!("rss before-sessions {}", resident_kib()?));
+        for _ in 0..sessions {
+            opened.push(self.module.open_session(slot)?);
+        }
+        answer(&format!("rss with-sessions {}", resident_kib()?));
+        for handle in opened.drain(..) {
+            self.module.close_session(handle)?;
+        }
+        answer(&format!("rss after-sessions {}", resident_kib()?));
+        let checkpoint = (operations / 10).max(1);
+        for done in 0..operations {
+            context.run(MEMORY_MIX[(done % MEMORY_MIX.len() as u64) as usize])?;
+            if (done + 1) % checkpoint == 0 {
+                answer(&format!("rss operations-{} {}", done + 1, resident_kib()?));
+            }
+        }
+        self.module.close_session(session)?;
+        answer("done");
+        Ok(())
+    }
+}
+
+/// The operations the memory run cycles through: every kind except the
+/// slow RSA signature.
+const MEMORY_MIX: [Op; 6] = [
+    Op::Random,
+    Op::Attribute,
+    Op::Digest,
+    Op::Ecdsa,
+    Op::Session,
+    Op::Find,
+];
+
+fn warm_up(context: &mut Context<'_>, op: Op) {
+    let started = Instant::now();
+    for _ in 0..WARM_UP_MAX_OPERATIONS {
+        context.run(op).unwrap_or_else(|e| fail(&e));
+        if started.elapsed() > WARM_UP {
+            break;
+        }
+    }
+}
+
+/// Runs `op` until `stop` is set and returns each operation's latency in
+/// nanoseconds and the thread's operations per second.
+fn measure(context: &mut Context<'_>, op: Op, stop: &AtomicBool) -> (Vec<u32>, f64) {
+    let mut latencies = Vec::with_capacity(LATENCY_CAPACITY);
+    let started = Instant::now();
+    let mut last = started;
+    while !stop.load(Ordering::Relaxed) {
+        context.run(op).unwrap_or_else(|e| fail(&e));
+        let now = Instant::now();
+        latencies.push(nanos_u32(now - last));
+        last = now;
+    }
+    let elapsed = (last - started).as_secs_f64();
+    let rate = if elapsed > 0.0 {
+        latencies.len() as f64 / elapsed
+    } else {
+        0.0
+    };
+    (latencies, rate)
+}
+
+/// The loop that callgrind collects (`--toggle-collect=*measured_loop*`);
+/// never inlined, so it exists under this name.
+#[inline(never)]
+fn measured_loop(context: &mut Context<'_>, op: Op, count: u64) -> Result<(), String> {
+    for _ in 0..count {
+        context.run(op)?;
+    }
+    Ok(())
+}
+
+/// Reads the resident set size of this process, in KiB.
+fn resident_kib() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| "no VmRSS line in /proc/self/status".to_owned())
+}
+
+/// The signature counters of the fault-injection latency module, reached
+/// through the same loaded copy as the module under test uses.
+struct LatencyCounts {
+    read: unsafe extern "C" fn(*mut CK_SLOT_ID, *mut u64, usize) -> usize,
+    reset: extern "C" fn(),
+    _library: libloading::Library,
+}
+
+impl LatencyCounts {
+    fn load(path: &std::path::Path) -> Result<LatencyCounts, String> {
+        // SAFETY: the module is loaded already (by the module under test),
+        // so this only takes another reference to it.
+        let library = unsafe { libloading::Library::new(path) }
+            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+        // SAFETY: the latency module defines these functions with these
+        // types (examples/fault_latency.rs).
+        let (read, reset) = unsafe {
+            let read = *library
+                .get::<unsafe extern "C" fn(*mut CK_SLOT_ID, *mut u64, usize) -> usize>(
+                    b"fault_latency_signatures\0",
+                )
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let reset = *library
+                .get::<extern "C" fn()>(b"fault_latency_reset\0")
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            (read, reset)
+        };
+        Ok(LatencyCounts {
+            read,
+            reset,
+            _library: library,
+        })
+    }
+
+    fn reset(&self) {
+        (self.reset)();
+    }
+
+    /// Returns each token's slot id and signature count.
+    fn read(&self) -> Vec<(CK_SLOT_ID, u64)> {
+        let mut slots = [0 as CK_SLOT_ID; 64];
+        let mut counts = [0u64; 64];
+        // SAFETY: both buffers have room for 64 entries.
+        let found = unsafe { (self.read)(slots.as_mut_ptr(), counts.as_mut_ptr(), 64) };
+        slots.into_iter().zip(counts).take(found.min(64)).collect()
+    }
+}
