@@ -11,7 +11,8 @@
 //! signature delivers at most 500 signatures per second however many
 //! sessions use it, and separate tokens work in parallel, as separate HSMs
 //! do. Length queries (a NULL output buffer) and every other call are
-//! forwarded without delay.
+//! forwarded without delay, except `C_OpenSession`, which can be given a
+//! delay of its own that holds no unit, as a network round trip would.
 //!
 //! Build: `cargo build --release --example fault_latency`, which makes
 //! `target/release/examples/libfault_latency.so`.
@@ -22,6 +23,8 @@
 //! - `FAULT_LATENCY_SIGN_US`: service time of one signature in
 //!   microseconds, default 2000.
 //! - `FAULT_LATENCY_UNITS`: processing units per token, default 1.
+//! - `FAULT_LATENCY_OPEN_US`: delay of `C_OpenSession` in microseconds,
+//!   default 0.
 //!
 //! The real module reads its own settings (`SOFTHSM2_CONF`) as usual.
 //! Like SoftHSM2, the module is one instance per process.
@@ -83,6 +86,7 @@ struct Layer {
     /// functions replaced.
     list: CK_FUNCTION_LIST,
     sign_time: Duration,
+    open_time: Duration,
     units: usize,
     tokens: Mutex<Vec<Arc<Token>>>,
     sessions: RwLock<HashMap<CK_SESSION_HANDLE, Arc<Token>>>,
@@ -111,6 +115,7 @@ impl Layer {
         let path = std::env::var("FAULT_LATENCY_MODULE").unwrap_or(DEFAULT_MODULE.to_owned());
         let sign_us = env_number("FAULT_LATENCY_SIGN_US", DEFAULT_SIGN_US)?;
         let units = env_number("FAULT_LATENCY_UNITS", DEFAULT_UNITS)?;
+        let open_us = env_number("FAULT_LATENCY_OPEN_US", 0u64)?;
         if units == 0 {
             return Err("FAULT_LATENCY_UNITS must be at least 1".to_owned());
         }
@@ -146,6 +151,7 @@ impl Layer {
             real,
             list,
             sign_time: Duration::from_micros(sign_us),
+            open_time: Duration::from_micros(open_us),
             units,
             tokens: Mutex::new(Vec::new()),
             sessions: RwLock::new(HashMap::new()),
@@ -233,6 +239,9 @@ unsafe extern "C" fn C_OpenSession(
     notify: CK_NOTIFY,
     session: *mut CK_SESSION_HANDLE,
 ) -> CK_RV {
+    if let Some(layer) = layer() {
+        std::thread::sleep(layer.open_time);
+    }
     let rv = forward!(C_OpenSession(slot, flags, application, notify, session));
     if let (CKR_OK, Some(layer)) = (rv, layer()) {
         let token = layer.token(slot);

@@ -6,7 +6,7 @@ use crate::ops::Op;
 use crate::report::{load_average, Table};
 use crate::setup::{Latency, Target, Tokens};
 use crate::stats::{format_latency, format_rate, median, Summary};
-use crate::throughput::{members_note, run_once};
+use crate::throughput::{count_distinct, members_note, run_once};
 
 /// What the balancing benchmark runs.
 #[derive(Clone, Copy, Debug)]
@@ -29,7 +29,8 @@ struct Runs {
     summaries: Vec<Summary>,
     /// Signature counts per token of each run.
     signatures: Vec<Vec<u64>>,
-    members: Option<String>,
+    /// The open sessions per member of each run.
+    members: Vec<String>,
 }
 
 /// Runs the balancing benchmark and prints its tables.
@@ -49,7 +50,7 @@ pub fn run(tokens: &Tokens, plan: &Plan) -> Result<(), String> {
             name: target.name.clone(),
             summaries: Vec::new(),
             signatures: Vec::new(),
-            members: None,
+            members: Vec::new(),
         })
         .collect();
     for round in 0..plan.rounds {
@@ -62,9 +63,7 @@ pub fn run(tokens: &Tokens, plan: &Plan) -> Result<(), String> {
                 run_once(&mut workers[index], Op::Ecdsa, plan.threads, plan.millis)?;
             runs[index].summaries.push(summary);
             runs[index].signatures.push(signature_counts(&notes)?);
-            if let Some(members) = members_note(&notes) {
-                runs[index].members = Some(members);
-            }
+            runs[index].members.extend(members_note(&notes));
         }
     }
     for worker in workers {
@@ -96,8 +95,9 @@ fn print(plan: &Plan, runs: &[Runs]) {
     };
     let one = rate(&runs[0]);
     println!(
-        "### Balancing: {} threads, ECDSA P-256, {} µs per signature, {} unit(s) per token\n",
-        plan.threads, plan.latency.sign_us, plan.latency.units
+        "### Balancing: {} threads, ECDSA P-256, {} µs per signature, {} unit(s) per token, \
+         {} µs per C_OpenSession\n",
+        plan.threads, plan.latency.sign_us, plan.latency.units, plan.latency.open_us
     );
     println!("Load average at the end: {}.\n", load_average());
     let mut table = Table::new(&[
@@ -129,7 +129,7 @@ fn print(plan: &Plan, runs: &[Runs]) {
             format!("{ratio:.3}"),
             latencies,
             shares_text(&median_run_counts(runs)),
-            runs.members.clone().unwrap_or_default(),
+            count_distinct(&runs.members),
         ]);
     }
     table.print();

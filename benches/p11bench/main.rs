@@ -51,6 +51,8 @@ options (defaults in brackets):
   --sign-us N       service time of one signature in the latency module,
                     in microseconds [2000]
   --units N         processing units per token in the latency module [1]
+  --open-us N       delay of C_OpenSession in the latency module, in
+                    microseconds [0]
   --sessions N      sessions of the memory run [10000]
   --operations N    operations of the memory run [1000000]
   --scale N         multiplies the callgrind iterations [1]
@@ -86,6 +88,7 @@ impl Options {
                 latency: Latency {
                     sign_us: 2000,
                     units: 1,
+                    open_us: 0,
                 },
             },
             memory: memory::Plan {
@@ -117,6 +120,7 @@ impl Options {
                 "--balance-millis" => options.balance.millis = number(arg, value)?,
                 "--sign-us" => options.balance.latency.sign_us = number(arg, value)?,
                 "--units" => options.balance.latency.units = number(arg, value)?,
+                "--open-us" => options.balance.latency.open_us = number(arg, value)?,
                 "--sessions" => options.memory.sessions = number(arg, value)?,
                 "--operations" => options.memory.operations = number(arg, value)?,
                 "--scale" => options.scale = number(arg, value)?,

@@ -16,6 +16,8 @@ const WLD_EXTRA: &str = "[wld]\npolicy = \"least-sessions\"\n\n[log]\nlevel = \"
 pub struct Latency {
     pub sign_us: u64,
     pub units: usize,
+    /// Delay of `C_OpenSession`, in microseconds.
+    pub open_us: u64,
 }
 
 /// Two SoftHSM2 token directories with the fixture's key set in every
@@ -172,6 +174,10 @@ fn latency_env(latency: Latency) -> Vec<(String, String)> {
             latency.sign_us.to_string(),
         ),
         ("FAULT_LATENCY_UNITS".to_owned(), latency.units.to_string()),
+        (
+            "FAULT_LATENCY_OPEN_US".to_owned(),
+            latency.open_us.to_string(),
+        ),
     ]
 }
 

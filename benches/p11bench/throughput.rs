@@ -22,9 +22,9 @@ pub struct Comparison {
     pub threads: usize,
     pub direct: Vec<Summary>,
     pub wld: Vec<Summary>,
-    /// The open sessions per member that the WLD worker reported in its
-    /// last run.
-    pub members: Option<String>,
+    /// The open sessions per member that the WLD worker reported, one
+    /// entry per round.
+    pub members: Vec<String>,
 }
 
 impl Comparison {
@@ -66,7 +66,7 @@ pub fn compare(direct: &Target, wld: &Target, plan: &Plan) -> Result<Vec<Compari
                 threads,
                 direct: Vec::new(),
                 wld: Vec::new(),
-                members: None,
+                members: Vec::new(),
             };
             for round in 0..plan.rounds {
                 eprintln!(
@@ -83,7 +83,7 @@ pub fn compare(direct: &Target, wld: &Target, plan: &Plan) -> Result<Vec<Compari
                     } else {
                         let (summary, notes) = run_once(&mut wld_worker, op, threads, plan.millis)?;
                         comparison.wld.push(summary);
-                        comparison.members = members_note(&notes);
+                        comparison.members.extend(members_note(&notes));
                     }
                 }
             }
@@ -151,11 +151,28 @@ pub fn print(title: &str, comparisons: &[Comparison], with_members: bool) {
             latencies(&c.wld),
         ];
         if with_members {
-            row.push(c.members.clone().unwrap_or_default());
+            row.push(count_distinct(&c.members));
         }
         table.row(row);
     }
     table.print();
+}
+
+/// Formats each distinct value with how often it occurs, in order of
+/// first occurrence: "1/1/0 ×4, 2/0/0 ×1".
+pub fn count_distinct(values: &[String]) -> String {
+    let mut counted: Vec<(&str, usize)> = Vec::new();
+    for value in values {
+        match counted.iter_mut().find(|(seen, _)| seen == value) {
+            Some((_, count)) => *count += 1,
+            None => counted.push((value, 1)),
+        }
+    }
+    counted
+        .iter()
+        .map(|(value, count)| format!("{value} ×{count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn median_of(summaries: &[Summary], field: impl Fn(&Summary) -> f64) -> f64 {
