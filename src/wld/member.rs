@@ -39,6 +39,11 @@ pub struct Member {
     /// Real sessions of the application open on the member, not counting
     /// the service session.
     pub open_sessions: AtomicUsize,
+    /// Sessions being opened on the member: counted by the balancing policy
+    /// from the moment it picks the member until the vendor returns, so
+    /// sessions opened at the same time spread like sessions opened one
+    /// after another.
+    pub opening: AtomicUsize,
     pub total_sessions: AtomicU64,
     pub failures: AtomicU64,
     pub last_error: AtomicU64,
@@ -119,6 +124,7 @@ impl Member {
             pos,
             up: AtomicBool::new(true),
             open_sessions: AtomicUsize::new(0),
+            opening: AtomicUsize::new(0),
             total_sessions: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_error: AtomicU64::new(0),
@@ -133,6 +139,12 @@ impl Member {
             moved: AtomicU64::new(0),
             retried: AtomicU64::new(0),
         }
+    }
+
+    /// Returns the sessions the balancing policy counts on the member:
+    /// those open and those being opened.
+    pub fn load(&self) -> usize {
+        self.open_sessions.load(Ordering::Relaxed) + self.opening.load(Ordering::Relaxed)
     }
 
     pub fn is_up(&self) -> bool {

@@ -329,7 +329,10 @@ impl SessionTable {
                 last = Rv(CKR_PIN_INCORRECT);
                 continue;
             }
-            match open_real(slot, &member, flags) {
+            member.opening.fetch_add(1, Ordering::Relaxed);
+            let opened = open_real(slot, &member, flags);
+            member.opening.fetch_sub(1, Ordering::Relaxed);
+            match opened {
                 Ok(real) => return Ok((member, real)),
                 Err(rv) if health::is_member_failure(rv.0) => {
                     member.mark_down("C_OpenSession", rv.0);

@@ -108,10 +108,8 @@ impl VirtualSlot {
         }
         // Other threads open and close sessions meanwhile, so each load is
         // read once: a second read could disagree with the first.
-        let mut ranked: Vec<(usize, Arc<Member>)> = healthy
-            .into_iter()
-            .map(|m| (m.open_sessions.load(Ordering::Relaxed), m))
-            .collect();
+        let mut ranked: Vec<(usize, Arc<Member>)> =
+            healthy.into_iter().map(|m| (m.load(), m)).collect();
         let first = match policy {
             Policy::RoundRobin => self.next_member.fetch_add(1, Ordering::Relaxed) % ranked.len(),
             Policy::LeastSessions => {
