@@ -128,10 +128,13 @@ fn answer(line: &str) {
 }
 
 /// Reports a failure to the parent and ends the worker, also from one of
-/// its threads, whose siblings would otherwise wait for it forever.
+/// its threads, whose siblings would otherwise wait for it forever. It
+/// exits with `_exit`, because `exit` would run the destructors of the
+/// loaded modules while other threads still call them.
 fn fail(message: &str) -> ! {
     answer(&format!("error {message}"));
-    std::process::exit(1);
+    // SAFETY: _exit ends the process at once; nothing runs after it.
+    unsafe { libc::_exit(1) }
 }
 
 struct Worker<'a> {
