@@ -517,6 +517,16 @@ fn open_real(slot: &VirtualSlot, member: &Member, flags: CK_FLAGS) -> Result<CK_
             member.open_sessions.fetch_sub(1, Ordering::AcqRel);
             return Err(rv);
         }
+        // A service session keeps the member logged in when the
+        // application's sessions on it close, for as long as the
+        // application stays logged in to the WLD token; otherwise every
+        // session that lands on an idle member logs in again.
+        if let Err(rv) = member.with_service(|_| Ok(())) {
+            log::debug!(
+                "member {}: no service session to keep the login: {rv}",
+                member.describe()
+            );
+        }
     }
     Ok(real)
 }
