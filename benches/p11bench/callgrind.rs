@@ -197,16 +197,16 @@ fn iterations(op: Op, scale: u64) -> u64 {
     base * scale
 }
 
-/// Runs every operation under callgrind through p11wld over SoftHSM2 and
-/// prints instructions per call. The output files stay in `out_dir`.
-pub fn run(tokens: &Tokens, scale: u64, out_dir: &Path) -> Result<(), String> {
+/// Runs `ops` under callgrind through p11wld over SoftHSM2 and prints
+/// instructions per call. The output files stay in `out_dir`.
+pub fn run(tokens: &Tokens, ops: &[Op], scale: u64, out_dir: &Path) -> Result<(), String> {
     let harness = std::env::current_exe()
         .map_err(|e| format!("cannot find this program: {e}"))?
         .display()
         .to_string();
     let target = Target::wld("WLD, one member", &tokens.one);
     let mut results = Vec::new();
-    for op in Op::ALL {
+    for &op in ops {
         let file = out_dir.join(format!("callgrind.{}.out", op.name()));
         let count = iterations(op, scale);
         eprintln!("  callgrind: {} x {count}", op.name());

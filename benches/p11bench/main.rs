@@ -43,7 +43,7 @@ options (defaults in brackets):
   --millis N        measured time of one run, in milliseconds [1000]
   --rounds N        alternating rounds per comparison [5]
   --threads LIST    thread counts of the throughput runs [1,2]
-  --ops LIST        operations of the throughput runs [all]:
+  --ops LIST        operations of the throughput and callgrind runs [all]:
                     random,attribute,digest,ecdsa,rsa,session,find
   --members LIST    member tokens of the throughput runs, 1 and/or 3 [1,3]
   --balance-threads N   threads of the balancing runs [12]
@@ -185,7 +185,12 @@ fn run(options: &Options) -> Result<(), String> {
     if all || command == "callgrind" {
         std::fs::create_dir_all(&options.callgrind_dir)
             .map_err(|e| format!("cannot create {}: {e}", options.callgrind_dir.display()))?;
-        callgrind::run(&tokens, options.scale, &options.callgrind_dir)?;
+        callgrind::run(
+            &tokens,
+            &options.throughput.ops,
+            options.scale,
+            &options.callgrind_dir,
+        )?;
     }
     if all || command == "throughput" {
         run_throughput(&tokens, options)?;
