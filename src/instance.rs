@@ -245,7 +245,7 @@ fn in_flight() -> usize {
 /// Runs `f` on the current instance and returns its result as a CK_RV:
 /// CKR_CRYPTOKI_NOT_INITIALIZED without an instance, CKR_GENERAL_ERROR if
 /// `f` panics. The instance stays alive until `f` returns.
-#[inline]
+#[inline(always)]
 pub fn enter(name: &'static str, f: impl FnOnce(&Instance) -> Result<()>) -> CK_RV {
     let shard = shard();
     shard.fetch_add(1, Ordering::SeqCst);
@@ -265,6 +265,7 @@ pub fn enter(name: &'static str, f: impl FnOnce(&Instance) -> Result<()>) -> CK_
 
 /// Runs `f`, turning its result into a CK_RV and a panic into
 /// CKR_GENERAL_ERROR, so no panic crosses the C ABI.
+#[inline(always)]
 pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => CKR_OK,
