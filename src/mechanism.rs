@@ -240,8 +240,17 @@ unsafe fn param_bytes(mechanism: &CK_MECHANISM) -> Result<&[u8]> {
 /// is not NULL.
 pub unsafe fn check(mechanism: &CK_MECHANISM) -> Result<()> {
     // SAFETY: forwarded from the caller's contract.
+    unsafe { check_layout(mechanism, layout(mechanism.mechanism)) }
+}
+
+/// Checks `mechanism`'s parameter against `layout`, the layout of its type.
+///
+/// # Safety
+/// As [`check`].
+unsafe fn check_layout(mechanism: &CK_MECHANISM, layout: Option<Layout>) -> Result<()> {
+    // SAFETY: forwarded from the caller's contract.
     let param = unsafe { param_bytes(mechanism) }?;
-    let Some(Layout::Struct { size, buffers, .. }) = layout(mechanism.mechanism) else {
+    let Some(Layout::Struct { size, buffers, .. }) = layout else {
         return Ok(());
     };
     if param.is_empty() {
@@ -265,13 +274,19 @@ pub unsafe fn check(mechanism: &CK_MECHANISM) -> Result<()> {
 
 /// Whether `mechanism`'s parameter carries object handles.
 pub fn has_handles(mechanism: CK_MECHANISM_TYPE) -> bool {
-    matches!(layout(mechanism), Some(Layout::Struct { handles, .. }) if !handles.is_empty())
+    layout_has_handles(layout(mechanism))
 }
 
-/// A CK_MECHANISM of the application whose parameter passed [`check`].
+fn layout_has_handles(layout: Option<Layout>) -> bool {
+    matches!(layout, Some(Layout::Struct { handles, .. }) if !handles.is_empty())
+}
+
+/// A CK_MECHANISM of the application whose parameter passed [`check`],
+/// with the layout of its parameter, looked up once per call.
 #[derive(Clone, Copy)]
 pub struct Checked<'a> {
     raw: &'a CK_MECHANISM,
+    layout: Option<Layout>,
 }
 
 impl<'a> Checked<'a> {
@@ -286,13 +301,19 @@ impl<'a> Checked<'a> {
         }
         // SAFETY: checked non-NULL; the caller passes a CK_MECHANISM.
         let raw = unsafe { &*mechanism };
+        let layout = layout(raw.mechanism);
         // SAFETY: forwarded from the caller's contract.
-        unsafe { check(raw) }?;
-        Ok(Checked { raw })
+        unsafe { check_layout(raw, layout) }?;
+        Ok(Checked { raw, layout })
     }
 
     pub fn kind(&self) -> CK_MECHANISM_TYPE {
         self.raw.mechanism
+    }
+
+    /// Whether the parameter carries object handles.
+    pub fn has_handles(&self) -> bool {
+        layout_has_handles(self.layout)
     }
 
     /// Returns the pointer to hand to a vendor.
@@ -304,17 +325,33 @@ impl<'a> Checked<'a> {
     pub fn to_owned(&self) -> Option<OwnedMechanism> {
         // SAFETY: `new` checked the parameter, and its caller vouched for
         // the pointers for the lifetime of `self`.
-        unsafe { OwnedMechanism::copy(self.raw) }
+        unsafe { OwnedMechanism::copy_layout(self.raw, self.layout) }
     }
 }
 
-/// A deep copy of a CK_MECHANISM, with its own parameter buffers.
+/// A deep copy of a CK_MECHANISM, with its own parameter buffers. A
+/// mechanism without a parameter, the common case, needs no heap memory.
 pub struct OwnedMechanism {
     mechanism: CK_MECHANISM_TYPE,
-    /// The parameter structure, in u64 words so it is aligned as C expects.
-    param: Vec<u64>,
-    param_len: usize,
-    buffers: Vec<Vec<u8>>,
+    /// The parameter; `None` when it is empty. Boxed, so a record of an
+    /// operation without a parameter stays small.
+    param: Option<Box<OwnedParam>>,
+}
+
+/// The most buffers a known parameter layout points to (ECMQV has three).
+const MAX_BUFFERS: usize = 3;
+
+/// The copy of a non-empty mechanism parameter, in one allocation.
+struct OwnedParam {
+    /// The parameter structure, then the contents of each buffer it points
+    /// to, each from a word boundary on. In u64 words so the structure is
+    /// aligned as C expects.
+    words: Box<[u64]>,
+    /// The length of the structure in bytes.
+    len: usize,
+    /// The byte offset in `words` and the length of each buffer's copy, in
+    /// the order of the layout's buffers.
+    buffers: [(usize, usize); MAX_BUFFERS],
 }
 
 impl std::fmt::Debug for OwnedMechanism {
@@ -332,42 +369,60 @@ impl OwnedMechanism {
     /// `mechanism` was checked with [`check`] and its pointers are valid.
     pub unsafe fn copy(mechanism: &CK_MECHANISM) -> Option<OwnedMechanism> {
         // SAFETY: forwarded from the caller's contract.
+        unsafe { OwnedMechanism::copy_layout(mechanism, layout(mechanism.mechanism)) }
+    }
+
+    /// Copies `mechanism`, whose parameter has `layout`.
+    ///
+    /// # Safety
+    /// As [`OwnedMechanism::copy`].
+    unsafe fn copy_layout(
+        mechanism: &CK_MECHANISM,
+        layout: Option<Layout>,
+    ) -> Option<OwnedMechanism> {
+        // SAFETY: forwarded from the caller's contract.
         let param = unsafe { param_bytes(mechanism) }.ok()?;
-        let mut owned = OwnedMechanism {
-            mechanism: mechanism.mechanism,
-            param: vec![0u64; param.len().div_ceil(8)],
-            param_len: param.len(),
-            buffers: Vec::new(),
-        };
-        owned.bytes_mut().copy_from_slice(param);
         if param.is_empty() {
-            return Some(owned);
+            return Some(OwnedMechanism {
+                mechanism: mechanism.mechanism,
+                param: None,
+            });
         }
-        match layout(mechanism.mechanism)? {
+        let mut sources: [&[u8]; MAX_BUFFERS] = [&[]; MAX_BUFFERS];
+        match layout? {
             Layout::Bytes => {}
             Layout::Struct { buffers, .. } => {
-                for buffer in buffers {
+                for (source, buffer) in sources.iter_mut().zip(buffers) {
                     let len = ulong_at(param, buffer.length) as usize;
                     let pointer = pointer_at(param, buffer.pointer);
-                    let data = if pointer.is_null() || len == 0 {
-                        Vec::new()
-                    } else {
+                    if !pointer.is_null() && len != 0 {
                         // SAFETY: `check` accepted the structure, and the
                         // caller vouches for the buffers it points to.
-                        unsafe { std::slice::from_raw_parts(pointer, len) }.to_vec()
-                    };
-                    owned.buffers.push(data);
+                        *source = unsafe { std::slice::from_raw_parts(pointer, len) };
+                    }
                 }
             }
         }
-        Some(owned)
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        let len = self.param_len;
-        // SAFETY: `param` holds at least `param_len` bytes, and u8 has no
-        // alignment or validity requirement.
-        unsafe { std::slice::from_raw_parts_mut(self.param.as_mut_ptr().cast::<u8>(), len) }
+        let words =
+            param.len().div_ceil(8) + sources.iter().map(|b| b.len().div_ceil(8)).sum::<usize>();
+        let mut owned = OwnedParam {
+            words: vec![0u64; words].into_boxed_slice(),
+            len: param.len(),
+            buffers: [(0, 0); MAX_BUFFERS],
+        };
+        let mut offset = param.len().div_ceil(8) * 8;
+        owned.bytes_mut(0, param.len()).copy_from_slice(param);
+        for (index, source) in sources.iter().enumerate() {
+            owned
+                .bytes_mut(offset, source.len())
+                .copy_from_slice(source);
+            owned.buffers[index] = (offset, source.len());
+            offset += source.len().div_ceil(8) * 8;
+        }
+        Some(OwnedMechanism {
+            mechanism: mechanism.mechanism,
+            param: Some(Box::new(owned)),
+        })
     }
 
     pub fn mechanism_type(&self) -> CK_MECHANISM_TYPE {
@@ -382,45 +437,64 @@ impl OwnedMechanism {
         translate: impl Fn(CK_OBJECT_HANDLE) -> Result<CK_OBJECT_HANDLE>,
         f: impl FnOnce(*mut CK_MECHANISM) -> R,
     ) -> Result<R> {
-        let mut scratch = self.param.clone();
-        if self.param_len > 0 {
-            if let Some(Layout::Struct {
-                buffers, handles, ..
-            }) = layout(self.mechanism)
-            {
-                // SAFETY: `scratch` holds at least `param_len` bytes.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        scratch.as_mut_ptr().cast::<u8>(),
-                        self.param_len,
-                    )
+        let Some(param) = &self.param else {
+            let mut mechanism = CK_MECHANISM {
+                mechanism: self.mechanism,
+                pParameter: std::ptr::null_mut(),
+                ulParameterLen: 0,
+            };
+            return Ok(f(&mut mechanism));
+        };
+        // The structure is patched in a scratch copy; its pointers lead to
+        // the buffers' copies in `param`, which the vendor only reads.
+        let mut scratch = param.words[..param.len.div_ceil(8)].to_vec();
+        if let Some(Layout::Struct {
+            buffers, handles, ..
+        }) = layout(self.mechanism)
+        {
+            // SAFETY: `scratch` holds at least `param.len` bytes.
+            let bytes = unsafe {
+                std::slice::from_raw_parts_mut(scratch.as_mut_ptr().cast::<u8>(), param.len)
+            };
+            let base = param.words.as_ptr().cast::<u8>();
+            for (buffer, &(offset, len)) in buffers.iter().zip(&param.buffers) {
+                let pointer = if len == 0 {
+                    0
+                } else {
+                    // SAFETY: the copy of the buffer lies within `words`.
+                    let address = unsafe { base.add(offset) };
+                    address as usize as CK_ULONG
                 };
-                for (buffer, data) in buffers.iter().zip(&self.buffers) {
-                    let pointer = if data.is_empty() {
-                        0
-                    } else {
-                        data.as_ptr() as usize as CK_ULONG
-                    };
-                    bytes[buffer.pointer..buffer.pointer + ULONG]
-                        .copy_from_slice(&pointer.to_ne_bytes());
-                }
-                for &offset in handles {
-                    let handle = translate(ulong_at(bytes, offset))?;
-                    bytes[offset..offset + ULONG].copy_from_slice(&handle.to_ne_bytes());
-                }
+                bytes[buffer.pointer..buffer.pointer + ULONG]
+                    .copy_from_slice(&pointer.to_ne_bytes());
+            }
+            for &offset in handles {
+                let handle = translate(ulong_at(bytes, offset))?;
+                bytes[offset..offset + ULONG].copy_from_slice(&handle.to_ne_bytes());
             }
         }
         let mut mechanism = CK_MECHANISM {
             mechanism: self.mechanism,
-            pParameter: if self.param_len == 0 {
-                std::ptr::null_mut()
-            } else {
-                scratch.as_mut_ptr().cast()
-            },
-            ulParameterLen: self.param_len as CK_ULONG,
+            pParameter: scratch.as_mut_ptr().cast(),
+            ulParameterLen: param.len as CK_ULONG,
         };
         Ok(f(&mut mechanism))
     }
+}
+
+impl OwnedParam {
+    /// Returns `len` bytes of `words` from byte `offset` on.
+    fn bytes_mut(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        let bytes: &mut [u8] = words_as_bytes(&mut self.words);
+        &mut bytes[offset..offset + len]
+    }
+}
+
+/// Views words as bytes.
+fn words_as_bytes(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: u8 has no alignment or validity requirement, and the byte
+    // view covers exactly the words' memory.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 8) }
 }
 
 #[cfg(test)]

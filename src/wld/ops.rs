@@ -10,7 +10,7 @@
 use super::session::Session;
 use crate::error::{Result, Rv};
 use crate::instance::Instance;
-use crate::mechanism::{self, Checked, OwnedMechanism};
+use crate::mechanism::{Checked, OwnedMechanism};
 use crate::vendor::VendorModule;
 use cryptoki_sys::*;
 use zeroize::Zeroizing;
@@ -82,7 +82,7 @@ pub fn init(
         session.object(&instance.objects, key, CKR_KEY_HANDLE_INVALID)?
     };
     let owned = mechanism.to_owned();
-    let rv = if mechanism::has_handles(mechanism.kind()) {
+    let rv = if mechanism.has_handles() {
         let Some(owned) = owned.as_ref() else {
             return Err(Rv(CKR_MECHANISM_PARAM_INVALID));
         };
@@ -244,7 +244,7 @@ pub fn with_mechanism(
     if !session.slot.supports(mechanism.kind()) {
         return Err(Rv(CKR_MECHANISM_INVALID));
     }
-    if !mechanism::has_handles(mechanism.kind()) {
+    if !mechanism.has_handles() {
         return Ok(call(mechanism.as_ptr()));
     }
     let owned = mechanism
