@@ -18,7 +18,6 @@ use crate::wld::session::{Session, SessionTable};
 use crate::wld::Topology;
 use cryptoki_sys::*;
 use parking_lot::Mutex;
-use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
@@ -202,22 +201,21 @@ const SHARDS: usize = 16;
 struct Shard(AtomicUsize);
 
 static IN_FLIGHT: [Shard; SHARDS] = [const { Shard(AtomicUsize::new(0)) }; SHARDS];
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 
-thread_local! {
-    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
+/// Returns the in-flight counter of the calling thread's shard, chosen by
+/// the address of the thread's stack. Threads' stacks lie megabytes apart,
+/// so threads mostly count on different cache lines, and the choice costs a
+/// few instructions, where a thread-local variable in a library loaded with
+/// dlopen costs a call to `__tls_get_addr` on every access. Which shard a
+/// call counts on matters for speed only: `C_Finalize` adds them all up.
+#[inline(always)]
 fn shard() -> &'static AtomicUsize {
-    let index = SHARD.with(|shard| {
-        let mut index = shard.get();
-        if index == usize::MAX {
-            index = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            shard.set(index);
-        }
-        index
-    });
-    &IN_FLIGHT[index].0
+    let marker = 0u8;
+    let address = std::hint::black_box(&marker) as *const u8 as usize;
+    // Bits from 1 MiB up tell stacks apart; the multiplication mixes them
+    // into the top bits, so stacks at any spacing spread over the shards.
+    let index = ((address >> 20) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60;
+    &IN_FLIGHT[index as usize % SHARDS].0
 }
 
 /// A call counted as in flight until the guard drops, also when it moves
