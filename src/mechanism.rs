@@ -301,6 +301,11 @@ impl<'a> Checked<'a> {
         }
         // SAFETY: checked non-NULL; the caller passes a CK_MECHANISM.
         let raw = unsafe { &*mechanism };
+        if raw.ulParameterLen == 0 {
+            // Every layout accepts an empty parameter, and it has nothing
+            // to copy or translate, so the layout is not looked up.
+            return Ok(Checked { raw, layout: None });
+        }
         let layout = layout(raw.mechanism);
         // SAFETY: forwarded from the caller's contract.
         unsafe { check_layout(raw, layout) }?;
