@@ -220,6 +220,7 @@ impl ObjectTable {
         }
     }
 
+    #[inline]
     fn entry_at(&self, index: usize) -> Option<&ObjectEntry> {
         let ptr = self.chunks.get(index / CHUNK)?.load(Ordering::Acquire);
         // SAFETY: a chunk, once published, stays allocated until the table
@@ -228,6 +229,7 @@ impl ObjectTable {
     }
 
     /// Returns the live entry of `handle`.
+    #[inline]
     pub fn get(&self, handle: CK_OBJECT_HANDLE) -> Option<&ObjectEntry> {
         let entry = self.entry_at((handle & INDEX_MASK) as usize)?;
         (handle != 0 && entry.handle.load(Ordering::Acquire) == handle).then_some(entry)
@@ -236,6 +238,7 @@ impl ObjectTable {
     /// Returns the real handle of `handle` on `place.member`, resolving it
     /// there first if needed. `invalid` is the code for a handle that names
     /// no object there (CKR_OBJECT_HANDLE_INVALID or CKR_KEY_HANDLE_INVALID).
+    #[inline]
     pub fn resolve(
         &self,
         place: &Place<'_>,
@@ -383,11 +386,18 @@ impl ObjectTable {
     /// real handle would look like a second object with the same identity.
     /// Pinned handles keep their bindings: their objects cannot be searched
     /// for on the member, and a public session object outlives C_Logout.
+    #[inline]
     fn sync_member(&self, member: &Member) {
         let epoch = member.handle_epoch();
-        if member.bound_epoch.load(Ordering::Acquire) == epoch {
-            return;
+        if member.bound_epoch.load(Ordering::Acquire) != epoch {
+            self.sync_member_slow(member);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn sync_member_slow(&self, member: &Member) {
+        let epoch = member.handle_epoch();
         let mut handles = member.handles.write();
         if member.bound_epoch.load(Ordering::Acquire) == epoch {
             return;

@@ -88,6 +88,7 @@ impl VirtualSlot {
     }
 
     /// Returns whether every healthy member supports `mechanism`.
+    #[inline]
     pub fn supports(&self, mechanism: CK_MECHANISM_TYPE) -> bool {
         if mechanism < BITMAP_LIMIT {
             let word = self.mechanism_bits[(mechanism / 64) as usize].load(Ordering::Relaxed);
