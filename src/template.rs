@@ -67,6 +67,74 @@ const BOOL_ATTRIBUTES: &[CK_ATTRIBUTE_TYPE] = &[
 pub const ARRAY_ATTRIBUTES: &[CK_ATTRIBUTE_TYPE] =
     &[CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE, CKA_DERIVE_TEMPLATE];
 
+/// How the checks size an attribute's value.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ValueSize {
+    Any,
+    Ulong,
+    Bool,
+    /// An array of CK_MECHANISM_TYPE.
+    Mechanisms,
+    /// An array of CK_ATTRIBUTE.
+    Attributes,
+}
+
+/// Attribute types below this value are classified by a table lookup.
+const TABLE_LEN: usize = 0x700;
+
+/// The value size of every attribute type below [`TABLE_LEN`], built from
+/// the lists above at compile time, so checking a template costs a lookup
+/// per attribute instead of a scan of the lists.
+static VALUE_SIZES: [ValueSize; TABLE_LEN] = value_sizes();
+
+const fn value_sizes() -> [ValueSize; TABLE_LEN] {
+    let mut table = [ValueSize::Any; TABLE_LEN];
+    let mut i = 0;
+    while i < ULONG_ATTRIBUTES.len() {
+        if (ULONG_ATTRIBUTES[i] as usize) < TABLE_LEN {
+            table[ULONG_ATTRIBUTES[i] as usize] = ValueSize::Ulong;
+        }
+        i += 1;
+    }
+    let mut i = 0;
+    while i < BOOL_ATTRIBUTES.len() {
+        if (BOOL_ATTRIBUTES[i] as usize) < TABLE_LEN {
+            table[BOOL_ATTRIBUTES[i] as usize] = ValueSize::Bool;
+        }
+        i += 1;
+    }
+    let mut i = 0;
+    while i < ARRAY_ATTRIBUTES.len() {
+        if (ARRAY_ATTRIBUTES[i] as usize) < TABLE_LEN {
+            table[ARRAY_ATTRIBUTES[i] as usize] = ValueSize::Attributes;
+        }
+        i += 1;
+    }
+    if (CKA_ALLOWED_MECHANISMS as usize) < TABLE_LEN {
+        table[CKA_ALLOWED_MECHANISMS as usize] = ValueSize::Mechanisms;
+    }
+    table
+}
+
+/// Returns how the checks size the value of `kind`.
+#[inline]
+fn value_size(kind: CK_ATTRIBUTE_TYPE) -> ValueSize {
+    if let Some(size) = VALUE_SIZES.get(kind as usize) {
+        return *size;
+    }
+    if ULONG_ATTRIBUTES.contains(&kind) {
+        ValueSize::Ulong
+    } else if BOOL_ATTRIBUTES.contains(&kind) {
+        ValueSize::Bool
+    } else if kind == CKA_ALLOWED_MECHANISMS {
+        ValueSize::Mechanisms
+    } else if ARRAY_ATTRIBUTES.contains(&kind) {
+        ValueSize::Attributes
+    } else {
+        ValueSize::Any
+    }
+}
+
 /// How a template is used, which decides the checks that apply.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Use {
@@ -114,16 +182,13 @@ unsafe fn check_at(template: &[CK_ATTRIBUTE], usage: Use, depth: usize) -> Resul
             return Err(Rv(CKR_ATTRIBUTE_VALUE_INVALID));
         }
         let kind = attribute.type_;
-        let size_ok = if ULONG_ATTRIBUTES.contains(&kind) {
-            len as usize == size_of::<CK_ULONG>()
-        } else if BOOL_ATTRIBUTES.contains(&kind) {
-            len as usize == size_of::<CK_BBOOL>()
-        } else if kind == CKA_ALLOWED_MECHANISMS {
-            len as usize % size_of::<CK_MECHANISM_TYPE>() == 0
-        } else if ARRAY_ATTRIBUTES.contains(&kind) {
-            len as usize % size_of::<CK_ATTRIBUTE>() == 0
-        } else {
-            true
+        let size = value_size(kind);
+        let size_ok = match size {
+            ValueSize::Ulong => len as usize == size_of::<CK_ULONG>(),
+            ValueSize::Bool => len as usize == size_of::<CK_BBOOL>(),
+            ValueSize::Mechanisms => len as usize % size_of::<CK_MECHANISM_TYPE>() == 0,
+            ValueSize::Attributes => len as usize % size_of::<CK_ATTRIBUTE>() == 0,
+            ValueSize::Any => true,
         };
         if !size_ok {
             return Err(Rv(CKR_ATTRIBUTE_VALUE_INVALID));
@@ -131,7 +196,7 @@ unsafe fn check_at(template: &[CK_ATTRIBUTE], usage: Use, depth: usize) -> Resul
         if usage == Use::Write && template[..i].iter().any(|a| a.type_ == kind) {
             return Err(Rv(CKR_TEMPLATE_INCONSISTENT));
         }
-        if ARRAY_ATTRIBUTES.contains(&kind) && len != 0 {
+        if size == ValueSize::Attributes && len != 0 {
             if depth >= MAX_DEPTH {
                 return Err(Rv(CKR_ATTRIBUTE_VALUE_INVALID));
             }
@@ -228,6 +293,23 @@ mod tests {
         }];
         let result = unsafe { check(&template, Use::Write) };
         assert_eq!(result, Err(Rv(CKR_ATTRIBUTE_VALUE_INVALID)));
+    }
+
+    #[test]
+    fn value_size_table_matches_lists() {
+        for kind in ULONG_ATTRIBUTES {
+            assert_eq!(value_size(*kind), ValueSize::Ulong, "{kind:#x}");
+        }
+        for kind in BOOL_ATTRIBUTES {
+            assert_eq!(value_size(*kind), ValueSize::Bool, "{kind:#x}");
+        }
+        for kind in ARRAY_ATTRIBUTES {
+            assert_eq!(value_size(*kind), ValueSize::Attributes, "{kind:#x}");
+        }
+        assert_eq!(value_size(CKA_ALLOWED_MECHANISMS), ValueSize::Mechanisms);
+        for kind in [CKA_LABEL, CKA_ID, CKA_VALUE, CKA_VENDOR_DEFINED | 1] {
+            assert_eq!(value_size(kind), ValueSize::Any, "{kind:#x}");
+        }
     }
 
     #[test]
