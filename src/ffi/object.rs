@@ -352,8 +352,7 @@ fn translate_found(
     for i in 0..handles.len() {
         match instance.objects.register(&place, session.real, handles[i]) {
             Ok(handle) => {
-                let new = session.find.returned.insert(handle);
-                if !new && session.find.restarted {
+                if !session.find.record(handle) {
                     continue;
                 }
                 handles[kept] = handle;

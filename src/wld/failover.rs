@@ -280,7 +280,7 @@ fn restart_search(session: &mut Session) {
         )
     );
     if rv == CKR_OK {
-        session.find.restarted = true;
+        session.find.mark_restarted();
     } else {
         log::debug!(
             "session {:#x}: the search cannot start again on member {}: {}",

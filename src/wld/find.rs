@@ -2,7 +2,6 @@
 //! another member and go on where it stopped.
 
 use cryptoki_sys::*;
-use rustc_hash::FxHashSet;
 
 /// Marks an attribute whose value pointer was NULL.
 const NULL_VALUE: usize = usize::MAX;
@@ -11,7 +10,7 @@ const NULL_VALUE: usize = usize::MAX;
 pub struct FindState {
     pub active: bool,
     /// Whether the search was started again on another member, so handles
-    /// returned before must be left out.
+    /// returned before must be left out; see [`FindState::mark_restarted`].
     pub restarted: bool,
     /// Whether the search was lost when the session moved and could not
     /// start again: the next `C_FindObjects` gets CKR_DEVICE_ERROR.
@@ -24,8 +23,11 @@ pub struct FindState {
     /// The template: type, offset in `values` and length of each attribute.
     attributes: Vec<(CK_ATTRIBUTE_TYPE, usize, usize)>,
     values: Vec<u8>,
-    /// Virtual handles returned so far.
-    pub returned: FxHashSet<CK_OBJECT_HANDLE>,
+    /// Virtual handles returned so far, in the order returned, except that
+    /// the first `before_restart` are sorted.
+    returned: Vec<CK_OBJECT_HANDLE>,
+    /// How many handles were returned before the last restart.
+    before_restart: usize,
 }
 
 impl FindState {
@@ -43,6 +45,7 @@ impl FindState {
         self.attributes.clear();
         self.values.clear();
         self.returned.clear();
+        self.before_restart = 0;
         for attribute in template {
             let len = attribute.ulValueLen as usize;
             if matches!(
@@ -69,6 +72,31 @@ impl FindState {
         self.restarted = false;
         self.lost = false;
         self.exhausted = false;
+    }
+
+    /// Records that the search was started again on another member, which
+    /// returns every object again: the handles returned so far are sorted,
+    /// so [`FindState::record`] can tell them apart quickly.
+    pub fn mark_restarted(&mut self) {
+        self.restarted = true;
+        self.returned.sort_unstable();
+        self.before_restart = self.returned.len();
+    }
+
+    /// Records `handle` as found, and returns whether it is new to the
+    /// application: false for a handle returned already, once the search
+    /// was started again. Before a restart the vendor's search returns each
+    /// object once, so nothing is looked up.
+    #[inline]
+    pub fn record(&mut self, handle: CK_OBJECT_HANDLE) -> bool {
+        if self.restarted {
+            let (sorted, since) = self.returned.split_at(self.before_restart);
+            if sorted.binary_search(&handle).is_ok() || since.contains(&handle) {
+                return false;
+            }
+        }
+        self.returned.push(handle);
+        true
     }
 
     pub fn is_restartable(&self) -> bool {
@@ -128,5 +156,20 @@ mod tests {
         assert_eq!(value, b"rsa-key");
         assert!(copy[2].pValue.is_null());
         assert!(state.is_restartable());
+    }
+
+    #[test]
+    fn restart_leaves_out_returned_handles() {
+        let mut state = FindState::default();
+        unsafe { state.start(&[]) };
+        assert!(state.record(7));
+        assert!(state.record(3));
+        state.mark_restarted();
+        assert!(!state.record(3));
+        assert!(state.record(5));
+        assert!(!state.record(7));
+        state.mark_restarted();
+        assert!(!state.record(5));
+        assert!(state.record(9));
     }
 }
