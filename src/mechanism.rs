@@ -327,7 +327,14 @@ impl<'a> Checked<'a> {
     }
 
     /// Copies the mechanism deeply; see [`OwnedMechanism::copy`].
+    #[inline]
     pub fn to_owned(&self) -> Option<OwnedMechanism> {
+        if self.raw.ulParameterLen == 0 {
+            return Some(OwnedMechanism {
+                mechanism: self.raw.mechanism,
+                param: None,
+            });
+        }
         // SAFETY: `new` checked the parameter, and its caller vouched for
         // the pointers for the lifetime of `self`.
         unsafe { OwnedMechanism::copy_layout(self.raw, self.layout) }

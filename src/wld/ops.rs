@@ -122,6 +122,7 @@ pub fn single(
 
 /// Ends an operation that was lost when the session moved to another
 /// member, with CKR_DEVICE_ERROR.
+#[inline(always)]
 fn take_lost(session: &mut Session, kind: OpKind) -> Result<()> {
     if session.lost[kind as usize] {
         session.lost[kind as usize] = false;
@@ -213,6 +214,7 @@ pub fn dual_update(
 
 /// Records the end of an operation after a single-part or final call that
 /// returned `rv`.
+#[inline(always)]
 pub fn finish(
     session: &mut Session,
     kind: OpKind,

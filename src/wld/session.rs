@@ -78,6 +78,7 @@ impl Session {
 
     /// Returns the real handle of a virtual object handle on this session's
     /// member.
+    #[inline]
     pub fn object(
         &self,
         objects: &ObjectTable,
