@@ -189,8 +189,7 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
 ) -> CK_RV {
     enter("C_GetAttributeValue", |instance| {
         // SAFETY: forwarded from the caller's contract.
-        let attributes = unsafe { template::borrow(pTemplate, ulCount) }?;
-        let reads_arrays = template::touches(attributes, template::ARRAY_ATTRIBUTES);
+        unsafe { template::borrow(pTemplate, ulCount) }?;
         instance.session(hSession, Retry::Safe, |session| {
             let real = session.object(&instance.objects, hObject, CKR_OBJECT_HANDLE_INVALID)?;
             let rv = vcall!(
@@ -199,9 +198,15 @@ pub(super) unsafe extern "C" fn C_GetAttributeValue(
             );
             // p11-kit-client.so 0.24 returns CKR_DEVICE_ERROR for any array
             // attribute (CKA_WRAP_TEMPLATE and the like) from a member that
-            // works; such a member is not marked down.
-            if rv == CKR_DEVICE_ERROR && reads_arrays && session_answers(session) {
-                return Err(Rv(CKR_FUNCTION_FAILED));
+            // works; such a member is not marked down. The template is read
+            // again for that only, after the vendor wrote into it.
+            if rv == CKR_DEVICE_ERROR {
+                // SAFETY: as above; the vendor changed values, not types.
+                let attributes = unsafe { template::borrow(pTemplate, ulCount) }?;
+                let reads_arrays = template::touches(attributes, template::ARRAY_ATTRIBUTES);
+                if reads_arrays && session_answers(session) {
+                    return Err(Rv(CKR_FUNCTION_FAILED));
+                }
             }
             session.check("C_GetAttributeValue", rv)
         })
