@@ -12,6 +12,8 @@
 //!   module, three members against one.
 //! - `memory`: resident size per open session and over many operations.
 //! - `callgrind`: instructions p11wld adds per call, under valgrind.
+//! - `profile`: where the time goes under load, with `perf record`; not
+//!   part of `all`.
 //! - `all` (the default): all of the above.
 //!
 //! Figures go to stdout as Markdown, progress to stderr. Each workload runs
@@ -26,6 +28,7 @@ mod callgrind;
 mod memory;
 mod ops;
 mod pkcs11;
+mod profile;
 mod report;
 mod setup;
 mod stats;
@@ -37,12 +40,13 @@ use setup::{Latency, Target, Tokens};
 use std::path::PathBuf;
 
 const USAGE: &str = "\
-usage: p11bench [all|throughput|balance|memory|callgrind] [options]
+usage: p11bench [all|throughput|balance|memory|callgrind|profile] [options]
 
 options (defaults in brackets):
   --millis N        measured time of one run, in milliseconds [1000]
   --rounds N        alternating rounds per comparison [5]
-  --threads LIST    thread counts of the throughput runs [1,2]
+  --threads LIST    thread counts of the throughput runs [1,2]; the profile
+                    takes the largest
   --ops LIST        operations of the throughput and callgrind runs [all]:
                     random,attribute,digest,ecdsa,rsa,session,find
   --members LIST    member tokens of the throughput runs, 1 and/or 3 [1,3]
@@ -56,7 +60,8 @@ options (defaults in brackets):
   --sessions N      sessions of the memory run [10000]
   --operations N    operations of the memory run [1000000]
   --scale N         multiplies the callgrind iterations [1]
-  --callgrind-dir DIR   where callgrind writes its files [target/callgrind]
+  --callgrind-dir DIR   where callgrind and perf write their files
+                    [target/callgrind]
 ";
 
 /// Everything the command line sets.
@@ -174,7 +179,7 @@ fn run(options: &Options) -> Result<(), String> {
     let all = command == "all";
     if !matches!(
         command,
-        "all" | "throughput" | "balance" | "memory" | "callgrind"
+        "all" | "throughput" | "balance" | "memory" | "callgrind" | "profile"
     ) {
         return Err(format!("unknown command {command}\n\n{USAGE}"));
     }
@@ -182,9 +187,27 @@ fn run(options: &Options) -> Result<(), String> {
     eprintln!("p11bench: creating the token directories");
     let tokens = Tokens::create();
     report::print_machine();
-    if all || command == "callgrind" {
+    if all || command == "callgrind" || command == "profile" {
         std::fs::create_dir_all(&options.callgrind_dir)
             .map_err(|e| format!("cannot create {}: {e}", options.callgrind_dir.display()))?;
+    }
+    if command == "profile" {
+        let threads = options
+            .throughput
+            .threads
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1);
+        profile::run(
+            &tokens,
+            &options.throughput.ops,
+            threads,
+            options.throughput.millis,
+            &options.callgrind_dir,
+        )?;
+    }
+    if all || command == "callgrind" {
         callgrind::run(
             &tokens,
             &options.throughput.ops,
