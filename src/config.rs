@@ -34,7 +34,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
-    /// Random choice among the members with the fewest open sessions.
+    /// The members with the fewest open sessions, taken in turn from a
+    /// random start when several are tied.
     #[default]
     LeastSessions,
     RoundRobin,

@@ -38,6 +38,10 @@ pub struct VirtualSlot {
     /// by session or crypto calls.
     pub login_serial: Mutex<()>,
     next_member: AtomicUsize,
+    /// Picks among members tied for the fewest sessions, in turn from a
+    /// random start: sessions opened at the same time take different
+    /// members, and processes do not all start on the same one.
+    next_tied: AtomicUsize,
 }
 
 impl VirtualSlot {
@@ -55,6 +59,7 @@ impl VirtualSlot {
             login: Mutex::new(LoginState::default()),
             login_serial: Mutex::new(()),
             next_member: AtomicUsize::new(0),
+            next_tied: AtomicUsize::new(rand::rng().random::<u32>() as usize),
         }
     }
 
@@ -118,7 +123,7 @@ impl VirtualSlot {
                 let tied: Vec<usize> = (0..ranked.len())
                     .filter(|&i| ranked[i].0 == least)
                     .collect();
-                tied[rand::rng().random_range(0..tied.len())]
+                tied[self.next_tied.fetch_add(1, Ordering::Relaxed) % tied.len()]
             }
         };
         ranked.rotate_left(first);
