@@ -8,7 +8,7 @@ use crate::setup::{Latency, Target, Tokens};
 use crate::stats::{format_latency, format_rate, median, Summary};
 use crate::throughput::{count_distinct, members_note, run_once};
 
-/// What the balancing benchmark runs.
+/// Settings of the balancing benchmark.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     pub threads: usize,

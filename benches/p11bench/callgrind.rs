@@ -35,7 +35,7 @@ const ALLOCATOR_FUNCTIONS: [&str; 6] = [
     "aligned_alloc",
 ];
 
-/// Which loaded object a function belongs to.
+/// The loaded object a function belongs to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Object {
     Harness,
@@ -76,7 +76,7 @@ fn parse(text: &str, harness: &str) -> Result<HashMap<EdgeKey, EdgeCost>, String
     let mut pending_calls: Option<u64> = None;
     for line in text.lines() {
         if let Some(calls) = pending_calls.take() {
-            // The line after `calls=` holds the call's position and its
+            // The line after `calls=` contains the call's position and its
             // inclusive cost.
             let inclusive = line
                 .split_whitespace()
@@ -118,7 +118,8 @@ fn short_name(function: &str) -> &str {
     function.rsplit("::").next().unwrap_or(function)
 }
 
-/// What p11wld costs in one function, over all its calls in a run.
+/// The cost of one entry point over all its calls in a run, and the cost
+/// of the vendor function it forwards to.
 #[derive(Default, Clone, Debug)]
 pub struct FunctionCost {
     pub name: String,
@@ -185,7 +186,7 @@ fn summarize(edges: &HashMap<EdgeKey, EdgeCost>, expected: &[&str]) -> OpCost {
     cost
 }
 
-/// How many times each operation runs under callgrind: enough that the
+/// Returns how many times an operation runs under callgrind: enough that the
 /// per-call figure is stable, few enough for valgrind's speed.
 fn iterations(op: Op, scale: u64) -> u64 {
     let base = match op {

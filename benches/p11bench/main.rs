@@ -183,14 +183,17 @@ fn run(options: &Options) -> Result<(), String> {
     ) {
         return Err(format!("unknown command {command}\n\n{USAGE}"));
     }
+
     setup::require_modules(all || command == "balance")?;
     eprintln!("p11bench: creating the token directories");
     let tokens = Tokens::create();
     report::print_machine();
+
     if all || command == "callgrind" || command == "profile" {
         std::fs::create_dir_all(&options.callgrind_dir)
             .map_err(|e| format!("cannot create {}: {e}", options.callgrind_dir.display()))?;
     }
+
     if command == "profile" {
         let threads = options
             .throughput

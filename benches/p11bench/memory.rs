@@ -4,7 +4,7 @@
 use crate::report::{load_average, Table};
 use crate::setup::{Target, Tokens};
 
-/// What the memory benchmark runs.
+/// Settings of the memory benchmark.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     pub sessions: usize,

@@ -65,7 +65,7 @@ impl Op {
             })
     }
 
-    /// The PKCS#11 functions one operation calls, in order.
+    /// Returns the PKCS#11 functions one operation calls, in order.
     pub fn functions(self) -> &'static [&'static str] {
         match self {
             Op::Random => &["C_GenerateRandom"],

@@ -16,7 +16,7 @@ macro_rules! call {
             .$name
             .expect(concat!("the module has no ", stringify!($name)));
         // SAFETY: the entry comes from the module's own function list, which
-        // stays valid while the module is loaded; every caller passes
+        // stays valid while the module is loaded. Every caller passes
         // pointers that are valid for the duration of the call.
         unsafe { function($($arg),*) }
     }};
@@ -44,6 +44,7 @@ impl Module {
         // PKCS#11 application.
         let library = unsafe { libloading::Library::new(path) }
             .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+
         // SAFETY: C_GetFunctionList has this type in every PKCS#11 module.
         let get_list = unsafe {
             library.get::<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV>(
@@ -64,6 +65,7 @@ impl Module {
             list,
             _library: library,
         };
+
         let mut args = CK_C_INITIALIZE_ARGS {
             CreateMutex: None,
             DestroyMutex: None,
@@ -180,8 +182,8 @@ impl Module {
     }
 
     /// Returns the open sessions of this process on each member of every
-    /// WLD slot, read through the p11wld extension; `None` for a module
-    /// that is not p11wld.
+    /// WLD slot, read through the p11wld extension. Returns `None` for a
+    /// module that is not p11wld.
     pub fn member_sessions(&self) -> Result<Option<Vec<u64>>, String> {
         // SAFETY: P11WLD_GetFunctionList has this type (include/p11wld.h).
         let get_list = unsafe {
@@ -199,7 +201,7 @@ impl Module {
         // SAFETY: the module returned its static list.
         let status = unsafe { (*list).GetMemberStatus }.ok_or("no GetMemberStatus")?;
         let mut count: CK_ULONG = 0;
-        // SAFETY: a NULL list asks for the count only.
+        // SAFETY: with a NULL list the function writes the count only.
         check("GetMemberStatus", unsafe {
             status(ptr::null_mut(), &mut count)
         })?;

@@ -1,6 +1,6 @@
-//! A wall-clock profile of p11wld under load: a worker runs under
+//! A wall-clock profile of p11wld under load. A worker runs under
 //! `perf record` with the software cpu-clock event, which works where the
-//! hardware counters are not available (virtual machines), and the report
+//! hardware counters are not available (virtual machines). The report
 //! lists where the time goes, by shared object and by function.
 
 use crate::ops::Op;

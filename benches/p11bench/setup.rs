@@ -39,8 +39,8 @@ impl Tokens {
     }
 }
 
-/// How to start a worker on one module: the module, its environment, and
-/// the p11wld configuration it needs, if any.
+/// A module to start workers on: its path, its environment, and the p11wld
+/// configuration it needs, if any.
 pub struct Target {
     pub name: String,
     module: PathBuf,
@@ -50,7 +50,8 @@ pub struct Target {
 }
 
 impl Target {
-    /// SoftHSM2 used directly on the tokens of `softhsm`.
+    /// Returns the target of SoftHSM2 used directly on the tokens of
+    /// `softhsm`.
     pub fn direct(name: &str, softhsm: &SoftHsm) -> Target {
         Target {
             name: name.to_owned(),
@@ -61,15 +62,16 @@ impl Target {
         }
     }
 
-    /// p11wld with SoftHSM2 on the tokens of `softhsm` as its one module.
+    /// Returns the target of p11wld with SoftHSM2 on the tokens of
+    /// `softhsm` as its one module.
     pub fn wld(name: &str, softhsm: &SoftHsm) -> Target {
         let entry = ModuleEntry::new("softhsm", paths::softhsm_module())
             .with_env(SOFTHSM2_CONF, softhsm.conf_path().display().to_string());
         Target::through_wld(name, entry, None)
     }
 
-    /// The latency module in front of SoftHSM2 on the tokens of `softhsm`,
-    /// used directly.
+    /// Returns the target of the latency module in front of SoftHSM2 on the
+    /// tokens of `softhsm`, used directly.
     pub fn latency_direct(name: &str, softhsm: &SoftHsm, latency: Latency) -> Target {
         let module = latency_module();
         let mut env = vec![softhsm.env()];
@@ -83,8 +85,8 @@ impl Target {
         }
     }
 
-    /// p11wld with the latency module in front of SoftHSM2 on the tokens of
-    /// `softhsm` as its one module.
+    /// Returns the target of p11wld with the latency module in front of
+    /// SoftHSM2 on the tokens of `softhsm` as its one module.
     pub fn latency_wld(name: &str, softhsm: &SoftHsm, latency: Latency) -> Target {
         let module = latency_module();
         let mut entry = ModuleEntry::new("latency", &module)
@@ -134,6 +136,7 @@ impl Target {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+
         let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start a worker for {}: {e}", self.name))?;
@@ -145,7 +148,8 @@ impl Target {
             stdin,
             stdout,
         };
-        let ready = worker.read_answer()?;
+        // The worker replies `ready <slots>` once it has loaded the module.
+        let ready = worker.read_reply()?;
         if !ready.last().is_some_and(|line| line.starts_with("ready ")) {
             return Err(format!("worker {} did not start: {ready:?}", self.name));
         }
@@ -210,16 +214,16 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Sends one command and returns the lines of its answer, the last one
+    /// Sends one command and returns the lines of its reply, the last one
     /// being `result ...`, `done` or `ready ...`.
     pub fn command(&mut self, line: &str) -> Result<Vec<String>, String> {
         writeln!(self.stdin, "{line}")
             .and_then(|()| self.stdin.flush())
             .map_err(|e| format!("worker {}: cannot send {line:?}: {e}", self.name))?;
-        self.read_answer()
+        self.read_reply()
     }
 
-    fn read_answer(&mut self) -> Result<Vec<String>, String> {
+    fn read_reply(&mut self) -> Result<Vec<String>, String> {
         let mut lines = Vec::new();
         loop {
             let mut line = String::new();
@@ -229,7 +233,7 @@ impl WorkerProcess {
                 .map_err(|e| format!("worker {}: cannot read: {e}", self.name))?;
             if read == 0 {
                 return Err(format!(
-                    "worker {} exited before it answered; its output so far: {lines:?}",
+                    "worker {} exited before it replied; its output so far: {lines:?}",
                     self.name
                 ));
             }
@@ -263,8 +267,8 @@ impl WorkerProcess {
 
 impl Drop for WorkerProcess {
     fn drop(&mut self) {
-        // A worker that was not told to quit (an error path) is ended here,
-        // by its own pid.
+        // A worker that received no quit command (an error path) is ended
+        // here, by its own pid.
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();

@@ -7,7 +7,7 @@ use crate::report::{load_average, Table};
 use crate::setup::{Target, WorkerProcess};
 use crate::stats::{format_latency, format_rate, median, Summary};
 
-/// What one comparison runs.
+/// Settings of one comparison.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub ops: Vec<Op>,
@@ -28,12 +28,23 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    /// Returns the ratio of WLD to direct throughput of each round.
+    /// Returns the ratio of WLD to direct throughput of each round, by
+    /// wall-clock time.
     pub fn ratios(&self) -> Vec<f64> {
         self.direct
             .iter()
             .zip(&self.wld)
             .map(|(d, w)| w.ops_per_second / d.ops_per_second)
+            .collect()
+    }
+
+    /// Returns the ratio of WLD to direct throughput of each round, by the
+    /// threads' CPU time.
+    pub fn cpu_ratios(&self) -> Vec<f64> {
+        self.direct
+            .iter()
+            .zip(&self.wld)
+            .map(|(d, w)| w.ops_per_cpu_second / d.ops_per_cpu_second)
             .collect()
     }
 }
@@ -47,7 +58,7 @@ pub fn run_once(
     millis: u64,
 ) -> Result<(Summary, Vec<String>), String> {
     let lines = worker.command(&format!("run {} {threads} {millis}", op.name()))?;
-    let result = lines.last().ok_or("empty answer")?;
+    let result = lines.last().ok_or("the worker sent an empty reply")?;
     let fields: Vec<&str> = result.split_whitespace().collect();
     let summary = Summary::parse_fields(fields.get(3..).unwrap_or(&[]))?;
     Ok((summary, lines[..lines.len() - 1].to_vec()))
@@ -103,7 +114,7 @@ pub fn members_note(notes: &[String]) -> Option<String> {
         .map(|counts| counts.split_whitespace().collect::<Vec<_>>().join("/"))
 }
 
-/// The throughput target of an operation, as a ratio to direct.
+/// Returns the throughput target of an operation, as a ratio to direct.
 pub fn target(op: Op) -> f64 {
     match op {
         Op::Ecdsa | Op::Rsa => 0.99,
@@ -123,6 +134,7 @@ pub fn print(title: &str, comparisons: &[Comparison], with_members: bool) {
         "ratio (median)",
         "ratio range",
         "target",
+        "ratio by CPU time",
         "direct mean / p50 / p99",
         "WLD mean / p50 / p99",
     ];
@@ -147,6 +159,7 @@ pub fn print(title: &str, comparisons: &[Comparison], with_members: bool) {
                 "≥ {goal:.2} {}",
                 if ratio >= goal { "met" } else { "MISSED" }
             ),
+            format!("{:.3}", median(&c.cpu_ratios())),
             latencies(&c.direct),
             latencies(&c.wld),
         ];

@@ -1,30 +1,30 @@
 //! The worker process: loads one PKCS#11 module and runs the commands the
-//! parent sends on stdin, answering on stdout, one line each.
+//! parent sends on stdin, replying on stdout, one line each.
 //!
 //! SoftHSM2 is one instance per process, so the parent runs the module used
 //! directly and p11wld (which loads SoftHSM2 itself) in separate workers.
 //!
-//! Commands and answers:
+//! Commands and replies:
 //! - `run <op> <threads> <millis>`: each thread opens a session on the
 //!   token slots in turn, the first session of each slot logs in, every
 //!   thread finds the keys and warms up, then all run `<op>` for
-//!   `<millis>`. Answers `result <op> <threads> <summary fields>`. Before
+//!   `<millis>`. Replies `result <op> <threads> <summary fields>`. Before
 //!   it come a line `members <open sessions> ...` when the module is
 //!   p11wld, and a line `signatures <slot>:<count> ...` when the latency
 //!   module is loaded.
 //! - `iterate <op> <count>`: runs `<op>` `<count>` times on one thread, in
-//!   the function `measured_loop`, which callgrind collects alone. Answers
+//!   the function `measured_loop`, which callgrind collects alone. Replies
 //!   `done`.
 //! - `memory <sessions> <operations>`: reports the resident size as lines
 //!   `rss <stage> <KiB>` while it opens `<sessions>` sessions and then runs
-//!   `<operations>` operations. Answers `done` last.
+//!   `<operations>` operations. Replies `done` last.
 //! - `quit`: finalizes the module and exits.
 //!
-//! Any failure is answered with `error <message>` and ends the worker.
+//! Any failure is reported with `error <message>` and ends the worker.
 
 use crate::ops::{Context, Op};
 use crate::pkcs11::Module;
-use crate::stats::{nanos_u32, Summary};
+use crate::stats::{nanos_u32, thread_cpu_time, Summary};
 use cryptoki_sys::*;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 /// Latencies kept per thread before the vector grows; enough for 4 s of
 /// 1 µs operations.
 const LATENCY_CAPACITY: usize = 1 << 22;
-/// How long each thread runs its operation before the measured time.
+/// Warm-up time of each thread before the measured time.
 const WARM_UP: Duration = Duration::from_millis(100);
 const WARM_UP_MAX_OPERATIONS: u32 = 200;
 
-/// What the worker was started with.
+/// The worker's command-line options.
 pub struct WorkerArgs {
     pub module: PathBuf,
     pub label: String,
@@ -95,7 +95,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         pin: &args.pin,
         latency,
     };
-    answer(&format!("ready {}", worker.slots.len()));
+    reply(&format!("ready {}", worker.slots.len()));
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|e| format!("cannot read a command: {e}"))?;
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -119,8 +119,8 @@ fn number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
         .map_err(|_| format!("invalid number {text:?} in a command"))
 }
 
-/// Writes one answer line and flushes it, so the parent reads it at once.
-fn answer(line: &str) {
+/// Writes one reply line and flushes it, so the parent reads it at once.
+fn reply(line: &str) {
     let mut out = std::io::stdout().lock();
     // A parent that went away ends the worker at its next read anyway.
     let _ = writeln!(out, "{line}");
@@ -132,7 +132,7 @@ fn answer(line: &str) {
 /// exits with `_exit`, because `exit` would run the destructors of the
 /// loaded modules while other threads still call them.
 fn fail(message: &str) -> ! {
-    answer(&format!("error {message}"));
+    reply(&format!("error {message}"));
     // SAFETY: _exit ends the process at once; nothing runs after it.
     unsafe { libc::_exit(1) }
 }
@@ -152,54 +152,34 @@ impl Worker<'_> {
         if let Some(latency) = &self.latency {
             latency.reset();
         }
-        let ready = Barrier::new(threads + 1);
-        let logged_in = Barrier::new(threads);
-        let start = Barrier::new(threads + 1);
-        let stop = AtomicBool::new(false);
-        let results: Vec<(Vec<u32>, f64)> = std::thread::scope(|scope| {
+
+        let sync = RunSync {
+            ready: Barrier::new(threads + 1),
+            logged_in: Barrier::new(threads),
+            start: Barrier::new(threads + 1),
+            stop: AtomicBool::new(false),
+        };
+        let results: Vec<(Vec<u32>, (f64, f64))> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|index| {
-                    let (ready, logged_in, start, stop) = (&ready, &logged_in, &start, &stop);
-                    scope.spawn(move || {
-                        let slot = self.slots[index % self.slots.len()];
-                        let session = self.module.open_session(slot).unwrap_or_else(|e| fail(&e));
-                        ready.wait();
-                        if index < self.slots.len() {
-                            self.module
-                                .login(session, self.pin)
-                                .unwrap_or_else(|e| fail(&e));
-                        }
-                        logged_in.wait();
-                        let mut context =
-                            Context::new(self.module, slot, session).unwrap_or_else(|e| fail(&e));
-                        warm_up(&mut context, op);
-                        start.wait();
-                        let measured = measure(&mut context, op, stop);
-                        self.module
-                            .close_session(session)
-                            .unwrap_or_else(|e| fail(&e));
-                        measured
-                    })
+                    let sync = &sync;
+                    scope.spawn(move || self.run_thread(index, op, sync))
                 })
                 .collect();
-            ready.wait();
-            match self.module.member_sessions() {
-                Ok(Some(counts)) => {
-                    let counts: Vec<String> = counts.iter().map(u64::to_string).collect();
-                    answer(&format!("members {}", counts.join(" ")));
-                }
-                Ok(None) => {}
-                Err(e) => fail(&e),
-            }
-            start.wait();
+
+            sync.ready.wait();
+            self.report_members();
+            sync.start.wait();
             std::thread::sleep(Duration::from_millis(millis));
-            stop.store(true, Ordering::Relaxed);
+            sync.stop.store(true, Ordering::Relaxed);
+
             handles
                 .into_iter()
                 .map(|handle| handle.join().unwrap_or_else(|_| fail("a thread panicked")))
                 .collect()
         });
-        let rates: Vec<f64> = results.iter().map(|(_, rate)| *rate).collect();
+
+        let rates: Vec<(f64, f64)> = results.iter().map(|(_, rates)| *rates).collect();
         let mut latencies: Vec<u32> = results.into_iter().flat_map(|(l, _)| l).collect();
         let summary = Summary::from_latencies(&mut latencies, &rates);
         if let Some(latency) = &self.latency {
@@ -208,14 +188,53 @@ impl Worker<'_> {
                 .iter()
                 .map(|(slot, count)| format!("{slot}:{count}"))
                 .collect();
-            answer(&format!("signatures {}", counts.join(" ")));
+            reply(&format!("signatures {}", counts.join(" ")));
         }
-        answer(&format!(
+        reply(&format!(
             "result {} {threads} {}",
             op.name(),
             summary.to_fields()
         ));
         Ok(())
+    }
+
+    /// Runs thread `index` of a run: opens its session and logs in when it
+    /// is the first on its slot, finds the keys, warms up, and measures
+    /// `op` until the run stops. Returns what [`measure`] returns.
+    fn run_thread(&self, index: usize, op: Op, sync: &RunSync) -> (Vec<u32>, (f64, f64)) {
+        let slot = self.slots[index % self.slots.len()];
+        let session = self.module.open_session(slot).unwrap_or_else(|e| fail(&e));
+        sync.ready.wait();
+
+        if index < self.slots.len() {
+            self.module
+                .login(session, self.pin)
+                .unwrap_or_else(|e| fail(&e));
+        }
+        sync.logged_in.wait();
+
+        let mut context = Context::new(self.module, slot, session).unwrap_or_else(|e| fail(&e));
+        warm_up(&mut context, op);
+        sync.start.wait();
+        let measured = measure(&mut context, op, &sync.stop);
+
+        self.module
+            .close_session(session)
+            .unwrap_or_else(|e| fail(&e));
+        measured
+    }
+
+    /// Replies with the open sessions per member when the module is
+    /// p11wld, so the parent sees how the sessions of a run spread.
+    fn report_members(&self) {
+        match self.module.member_sessions() {
+            Ok(Some(counts)) => {
+                let counts: Vec<String> = counts.iter().map(u64::to_string).collect();
+                reply(&format!("members {}", counts.join(" ")));
+            }
+            Ok(None) => {}
+            Err(e) => fail(&e),
+        }
     }
 
     fn iterate(&self, op: Op, count: u64) -> Result<(), String> {
@@ -226,7 +245,7 @@ impl Worker<'_> {
         warm_up(&mut context, op);
         measured_loop(&mut context, op, count)?;
         self.module.close_session(session)?;
-        answer("done");
+        reply("done");
         Ok(())
     }
 
@@ -235,34 +254,45 @@ impl Worker<'_> {
         let session = self.module.open_session(slot)?;
         self.module.login(session, self.pin)?;
         let mut context = Context::new(self.module, slot, session)?;
-        // Every operation once, and a few sessions, so that lazily made
-        // state exists before the first figure.
+        // Each operation 100 times first, so that state made on first use
+        // exists before the first figure.
         for op in MEMORY_MIX {
             for _ in 0..100 {
                 context.run(op)?;
             }
         }
         let mut opened = Vec::with_capacity(sessions);
-        answer(&format!("rss before-sessions {}", resident_kib()?));
+        reply(&format!("rss before-sessions {}", resident_kib()?));
         for _ in 0..sessions {
             opened.push(self.module.open_session(slot)?);
         }
-        answer(&format!("rss with-sessions {}", resident_kib()?));
+        reply(&format!("rss with-sessions {}", resident_kib()?));
         for handle in opened.drain(..) {
             self.module.close_session(handle)?;
         }
-        answer(&format!("rss after-sessions {}", resident_kib()?));
+        reply(&format!("rss after-sessions {}", resident_kib()?));
         let checkpoint = (operations / 10).max(1);
         for done in 0..operations {
             context.run(MEMORY_MIX[(done % MEMORY_MIX.len() as u64) as usize])?;
             if (done + 1) % checkpoint == 0 {
-                answer(&format!("rss operations-{} {}", done + 1, resident_kib()?));
+                reply(&format!("rss operations-{} {}", done + 1, resident_kib()?));
             }
         }
         self.module.close_session(session)?;
-        answer("done");
+        reply("done");
         Ok(())
     }
+}
+
+/// The barriers and the stop flag that the threads of one run share.
+struct RunSync {
+    /// Every thread has opened its session.
+    ready: Barrier,
+    /// Every slot is logged in.
+    logged_in: Barrier,
+    /// Every thread has warmed up; the measured time starts.
+    start: Barrier,
+    stop: AtomicBool,
 }
 
 /// The operations the memory run cycles through: every kind except the
@@ -286,10 +316,12 @@ fn warm_up(context: &mut Context<'_>, op: Op) {
     }
 }
 
-/// Runs `op` until `stop` is set and returns each operation's latency in
-/// nanoseconds and the thread's operations per second.
-fn measure(context: &mut Context<'_>, op: Op, stop: &AtomicBool) -> (Vec<u32>, f64) {
+/// Runs `op` until `stop` is set. Returns each operation's latency in
+/// nanoseconds, and the thread's operations per second of wall-clock time
+/// and of its own CPU time.
+fn measure(context: &mut Context<'_>, op: Op, stop: &AtomicBool) -> (Vec<u32>, (f64, f64)) {
     let mut latencies = Vec::with_capacity(LATENCY_CAPACITY);
+    let cpu_started = thread_cpu_time();
     let started = Instant::now();
     let mut last = started;
     while !stop.load(Ordering::Relaxed) {
@@ -298,17 +330,21 @@ fn measure(context: &mut Context<'_>, op: Op, stop: &AtomicBool) -> (Vec<u32>, f
         latencies.push(nanos_u32(now - last));
         last = now;
     }
+    let cpu = (thread_cpu_time() - cpu_started).as_secs_f64();
     let elapsed = (last - started).as_secs_f64();
-    let rate = if elapsed > 0.0 {
-        latencies.len() as f64 / elapsed
-    } else {
-        0.0
+    let rate = |seconds: f64| {
+        if seconds > 0.0 {
+            latencies.len() as f64 / seconds
+        } else {
+            0.0
+        }
     };
-    (latencies, rate)
+    let rates = (rate(elapsed), rate(cpu));
+    (latencies, rates)
 }
 
-/// The loop that callgrind collects (`--toggle-collect=*measured_loop*`);
-/// never inlined, so it exists under this name.
+/// Runs `op` `count` times. callgrind collects inside this function only
+/// (`--toggle-collect=*measured_loop*`), so it is never inlined.
 #[inline(never)]
 fn measured_loop(context: &mut Context<'_>, op: Op, count: u64) -> Result<(), String> {
     for _ in 0..count {
