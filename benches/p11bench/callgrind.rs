@@ -198,14 +198,24 @@ fn iterations(op: Op, scale: u64) -> u64 {
     base * scale
 }
 
-/// Runs `ops` under callgrind through p11wld over SoftHSM2 and prints
-/// instructions per call. The output files stay in `out_dir`.
-pub fn run(tokens: &Tokens, ops: &[Op], scale: u64, out_dir: &Path) -> Result<(), String> {
+/// Runs `ops` under callgrind through p11wld over SoftHSM2 with `members`
+/// member tokens (1 or 3) and prints instructions per call. The output files stay in `out_dir`.
+pub fn run(
+    tokens: &Tokens,
+    members: usize,
+    ops: &[Op],
+    scale: u64,
+    out_dir: &Path,
+) -> Result<(), String> {
     let harness = std::env::current_exe()
         .map_err(|e| format!("cannot find this program: {e}"))?
         .display()
         .to_string();
-    let target = Target::wld("WLD, one member", &tokens.one);
+    let target = if members == 1 {
+        Target::wld("WLD, one member", &tokens.one)
+    } else {
+        Target::wld("WLD, three members", &tokens.three)
+    };
     let mut results = Vec::new();
     for &op in ops {
         let file = out_dir.join(format!("callgrind.{}.out", op.name()));
@@ -221,7 +231,7 @@ pub fn run(tokens: &Tokens, ops: &[Op], scale: u64, out_dir: &Path) -> Result<()
         check_calls(op, &cost, count)?;
         results.push((op, cost));
     }
-    print(&results, out_dir);
+    print(&results, members, out_dir);
     Ok(())
 }
 
@@ -262,10 +272,10 @@ fn check_calls(op: Op, cost: &OpCost, count: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn print(results: &[(Op, OpCost)], out_dir: &Path) {
+fn print(results: &[(Op, OpCost)], members: usize, out_dir: &Path) {
     println!("### Instructions per call (callgrind)\n");
     println!(
-        "Through p11wld over SoftHSM2 with one member, one thread. Output files: {}.\n",
+        "Through p11wld over SoftHSM2 with {members} member(s), one thread. Output files: {}.\n",
         out_dir.display()
     );
     let mut table = Table::new(&[

@@ -49,7 +49,8 @@ options (defaults in brackets):
                     takes the largest
   --ops LIST        operations of the throughput and callgrind runs [all]:
                     random,attribute,digest,ecdsa,rsa,session,find
-  --members LIST    member tokens of the throughput runs, 1 and/or 3 [1,3]
+  --members LIST    member tokens of the throughput runs, 1 and/or 3 [1,3];
+                    the callgrind run takes the first
   --balance-threads N   threads of the balancing runs [12]
   --balance-millis N    measured time of one balancing run, in ms [3000]
   --sign-us N       service time of one signature in the latency module,
@@ -213,6 +214,7 @@ fn run(options: &Options) -> Result<(), String> {
     if all || command == "callgrind" {
         callgrind::run(
             &tokens,
+            options.members.first().copied().unwrap_or(1),
             &options.throughput.ops,
             options.scale,
             &options.callgrind_dir,
