@@ -108,28 +108,38 @@ impl VirtualSlot {
     /// Orders the healthy members for a new session: the policy's choice
     /// first, then the others as fallbacks.
     pub fn candidates(&self, policy: Policy) -> Vec<Arc<Member>> {
-        let healthy = self.healthy_members();
-        if healthy.len() < 2 {
-            return healthy;
-        }
         // Other threads open and close sessions meanwhile, so each load is
-        // read once: a second read could disagree with the first.
-        let mut ranked: Vec<(usize, Arc<Member>)> =
-            healthy.into_iter().map(|m| (m.load(), m)).collect();
-        let first = match policy {
-            Policy::RoundRobin => self.next_member.fetch_add(1, Ordering::Relaxed) % ranked.len(),
-            Policy::LeastSessions => {
-                let least = ranked.iter().map(|(load, _)| *load).min().unwrap_or(0);
-                let tied: Vec<usize> = (0..ranked.len())
-                    .filter(|&i| ranked[i].0 == least)
-                    .collect();
-                tied[self.next_tied.fetch_add(1, Ordering::Relaxed) % tied.len()]
+        // read once: a second read could disagree with the first. The one
+        // vector allocated is reused for the list returned.
+        let mut ranked: Vec<(usize, Arc<Member>)> = self
+            .members
+            .read()
+            .iter()
+            .filter(|m| m.is_up())
+            .map(|m| (m.load(), m.clone()))
+            .collect();
+        if ranked.len() >= 2 {
+            let first = match policy {
+                Policy::RoundRobin => {
+                    self.next_member.fetch_add(1, Ordering::Relaxed) % ranked.len()
+                }
+                Policy::LeastSessions => {
+                    let least = ranked.iter().map(|(load, _)| *load).min().unwrap_or(0);
+                    let tied = ranked.iter().filter(|(load, _)| *load == least).count();
+                    let pick = self.next_tied.fetch_add(1, Ordering::Relaxed) % tied;
+                    ranked
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, (load, _))| *load == least)
+                        .nth(pick)
+                        .map_or(0, |(position, _)| position)
+                }
+            };
+            ranked.rotate_left(first);
+            if policy == Policy::LeastSessions {
+                // The fallbacks, too, go to the least loaded member first.
+                ranked[1..].sort_by_key(|(load, _)| *load);
             }
-        };
-        ranked.rotate_left(first);
-        if policy == Policy::LeastSessions {
-            // The fallbacks, too, go to the least loaded member first.
-            ranked[1..].sort_by_key(|(load, _)| *load);
         }
         ranked.into_iter().map(|(_, m)| m).collect()
     }
