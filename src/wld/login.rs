@@ -17,6 +17,7 @@ use crate::error::{Result, Rv};
 use crate::vcall;
 use cryptoki_sys::*;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// The application's login and session counts on one WLD slot.
@@ -34,8 +35,9 @@ pub struct LoginState {
 pub struct Credentials {
     pub user: CK_USER_TYPE,
     /// `None` stands for a NULL PIN: the token reads it on its own
-    /// protected authentication path.
-    pin: Option<Zeroizing<Vec<u8>>>,
+    /// protected authentication path. Shared, so each new session takes a
+    /// reference instead of a copy; zeroized when the last one drops.
+    pin: Option<Arc<Zeroizing<Vec<u8>>>>,
     pub epoch: u64,
 }
 
@@ -43,7 +45,7 @@ impl Credentials {
     pub fn new(user: CK_USER_TYPE, pin: Option<&[u8]>, epoch: u64) -> Credentials {
         Credentials {
             user,
-            pin: pin.map(|p| Zeroizing::new(p.to_vec())),
+            pin: pin.map(|p| Arc::new(Zeroizing::new(p.to_vec()))),
             epoch,
         }
     }
