@@ -43,8 +43,8 @@ const USAGE: &str = "\
 usage: p11bench [all|throughput|balance|memory|callgrind|profile] [options]
 
 options (defaults in brackets):
-  --millis N        measured time of one run, in milliseconds [1000]
-  --rounds N        alternating rounds per comparison [5]
+  --millis N        measured time of one run, in milliseconds [500]
+  --rounds N        alternating rounds per comparison [9]
   --threads LIST    thread counts of the throughput runs [1,2]; the profile
                     takes the largest
   --ops LIST        operations of the throughput and callgrind runs [all]:
@@ -83,14 +83,14 @@ impl Options {
             throughput: throughput::Plan {
                 ops: Op::ALL.to_vec(),
                 threads: vec![1, 2],
-                millis: 1000,
-                rounds: 5,
+                millis: 500,
+                rounds: 9,
             },
             members: vec![1, 3],
             balance: balance::Plan {
                 threads: 12,
                 millis: 3000,
-                rounds: 5,
+                rounds: 9,
                 latency: Latency {
                     sign_us: 2000,
                     units: 1,
