@@ -36,7 +36,7 @@ mod throughput;
 mod worker;
 
 use ops::Op;
-use setup::{Latency, Target, Tokens};
+use setup::{Latency, Tokens};
 use std::path::PathBuf;
 
 const USAGE: &str = "\
@@ -49,6 +49,8 @@ options (defaults in brackets):
                     takes the largest
   --ops LIST        operations of the throughput and callgrind runs [all]:
                     random,attribute,digest,ecdsa,rsa,session,find
+  --same-process    run SoftHSM2 directly and through p11wld in one worker
+                    process, p11wld sharing the SoftHSM2 instance
   --members LIST    member tokens of the throughput runs, 1 and/or 3 [1,3];
                     the callgrind run takes the first
   --balance-threads N   threads of the balancing runs [12]
@@ -85,6 +87,7 @@ impl Options {
                 threads: vec![1, 2],
                 millis: 500,
                 rounds: 9,
+                same_process: false,
             },
             members: vec![1, 3],
             balance: balance::Plan {
@@ -106,6 +109,10 @@ impl Options {
         };
         let mut rest = args.iter();
         while let Some(arg) = rest.next() {
+            if arg == "--same-process" {
+                options.throughput.same_process = true;
+                continue;
+            }
             if !arg.starts_with("--") {
                 options.command = arg.clone();
                 continue;
@@ -248,9 +255,7 @@ fn run_throughput(tokens: &Tokens, options: &Options) -> Result<(), String> {
             )
         };
         eprintln!("p11bench: throughput with {members} member(s)");
-        let direct = Target::direct("direct", softhsm);
-        let wld = Target::wld("WLD", softhsm);
-        let comparisons = throughput::compare(&direct, &wld, plan)?;
+        let comparisons = throughput::compare(softhsm, plan)?;
         throughput::print(title, &comparisons, members > 1);
     }
     Ok(())

@@ -43,7 +43,8 @@ impl Tokens {
 /// configuration it needs, if any.
 pub struct Target {
     pub name: String,
-    module: PathBuf,
+    /// The modules the worker loads, in order.
+    modules: Vec<PathBuf>,
     env: Vec<(String, String)>,
     latency_module: Option<PathBuf>,
     _config: Option<ConfigFile>,
@@ -55,11 +56,21 @@ impl Target {
     pub fn direct(name: &str, softhsm: &SoftHsm) -> Target {
         Target {
             name: name.to_owned(),
-            module: paths::softhsm_module(),
+            modules: vec![paths::softhsm_module()],
             env: vec![softhsm.env()],
             latency_module: None,
             _config: None,
         }
+    }
+
+    /// Returns the target of one worker with SoftHSM2 on the tokens of
+    /// `softhsm` as module 0 and p11wld over that same SoftHSM2 instance as
+    /// module 1.
+    pub fn direct_and_wld(name: &str, softhsm: &SoftHsm) -> Target {
+        let mut target = Target::wld(name, softhsm);
+        target.modules.insert(0, paths::softhsm_module());
+        target.env.push(softhsm.env());
+        target
     }
 
     /// Returns the target of p11wld with SoftHSM2 on the tokens of
@@ -78,7 +89,7 @@ impl Target {
         env.extend(latency_env(latency));
         Target {
             name: name.to_owned(),
-            module: module.clone(),
+            modules: vec![module.clone()],
             env,
             latency_module: Some(module),
             _config: None,
@@ -101,7 +112,7 @@ impl Target {
         let config = ConfigFile::write(&[entry], WLD_EXTRA);
         Target {
             name: name.to_owned(),
-            module: paths::p11wld_module(),
+            modules: vec![paths::p11wld_module()],
             env: vec![(
                 "P11WLD_CONFIG".to_owned(),
                 config.path().display().to_string(),
@@ -123,11 +134,11 @@ impl Target {
             }
             None => Command::new(&exe),
         };
-        command
-            .arg("worker")
-            .arg("--module")
-            .arg(&self.module)
-            .args(["--label", WLD_LABEL, "--pin", USER_PIN]);
+        command.arg("worker");
+        for module in &self.modules {
+            command.arg("--module").arg(module);
+        }
+        command.args(["--label", WLD_LABEL, "--pin", USER_PIN]);
         if let Some(latency) = &self.latency_module {
             command.arg("--latency").arg(latency);
         }

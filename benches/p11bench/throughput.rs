@@ -2,6 +2,7 @@
 //! that alternate between the two so that drift of a shared machine
 //! cancels, with the median of the per-round ratios.
 
+use crate::common::SoftHsm;
 use crate::ops::Op;
 use crate::report::{load_average, Table};
 use crate::setup::{Target, WorkerProcess};
@@ -14,6 +15,8 @@ pub struct Plan {
     pub threads: Vec<usize>,
     pub millis: u64,
     pub rounds: usize,
+    /// Whether SoftHSM2 and p11wld run in one worker process.
+    pub same_process: bool,
 }
 
 /// Runs of one operation and thread count on both targets, round by round.
@@ -64,11 +67,59 @@ pub fn run_once(
     Ok((summary, lines[..lines.len() - 1].to_vec()))
 }
 
-/// Runs `plan` on `direct` and `wld`, alternating: rounds with an even
-/// number run direct first, the others WLD first.
-pub fn compare(direct: &Target, wld: &Target, plan: &Plan) -> Result<Vec<Comparison>, String> {
-    let mut direct_worker = direct.spawn(&[])?;
-    let mut wld_worker = wld.spawn(&[])?;
+/// The workers of a comparison: one per module, or one that holds both
+/// (see `worker.rs`) and switches between them.
+enum Workers {
+    Separate {
+        direct: WorkerProcess,
+        wld: WorkerProcess,
+    },
+    Shared(WorkerProcess),
+}
+
+impl Workers {
+    /// Runs `op` on SoftHSM2 directly (`wld` false) or through p11wld.
+    fn run(
+        &mut self,
+        wld: bool,
+        op: Op,
+        threads: usize,
+        millis: u64,
+    ) -> Result<(Summary, Vec<String>), String> {
+        match self {
+            Workers::Separate { direct, .. } if !wld => run_once(direct, op, threads, millis),
+            Workers::Separate { wld: worker, .. } => run_once(worker, op, threads, millis),
+            Workers::Shared(worker) => {
+                worker.command(if wld { "module 1" } else { "module 0" })?;
+                run_once(worker, op, threads, millis)
+            }
+        }
+    }
+
+    fn quit(self) -> Result<(), String> {
+        match self {
+            Workers::Separate { direct, wld } => {
+                direct.quit()?;
+                wld.quit()
+            }
+            Workers::Shared(worker) => worker.quit(),
+        }
+    }
+}
+
+/// Runs `plan` on SoftHSM2 with the tokens of `softhsm`, directly and
+/// through p11wld, alternating: rounds with an even number run direct
+/// first, the others WLD first. With `plan.same_process` one worker holds
+/// both, else each runs in a worker of its own.
+pub fn compare(softhsm: &SoftHsm, plan: &Plan) -> Result<Vec<Comparison>, String> {
+    let mut workers = if plan.same_process {
+        Workers::Shared(Target::direct_and_wld("direct and WLD", softhsm).spawn(&[])?)
+    } else {
+        Workers::Separate {
+            direct: Target::direct("direct", softhsm).spawn(&[])?,
+            wld: Target::wld("WLD", softhsm).spawn(&[])?,
+        }
+    };
     let mut comparisons = Vec::new();
     for &threads in &plan.threads {
         for &op in &plan.ops {
@@ -88,21 +139,20 @@ pub fn compare(direct: &Target, wld: &Target, plan: &Plan) -> Result<Vec<Compari
                 );
                 let direct_first = round % 2 == 0;
                 for turn in 0..2 {
-                    if (turn == 0) == direct_first {
-                        let (summary, _) = run_once(&mut direct_worker, op, threads, plan.millis)?;
-                        comparison.direct.push(summary);
-                    } else {
-                        let (summary, notes) = run_once(&mut wld_worker, op, threads, plan.millis)?;
+                    let wld = (turn == 0) != direct_first;
+                    let (summary, notes) = workers.run(wld, op, threads, plan.millis)?;
+                    if wld {
                         comparison.wld.push(summary);
                         comparison.members.extend(members_note(&notes));
+                    } else {
+                        comparison.direct.push(summary);
                     }
                 }
             }
             comparisons.push(comparison);
         }
     }
-    direct_worker.quit()?;
-    wld_worker.quit()?;
+    workers.quit()?;
     Ok(comparisons)
 }
 

@@ -18,7 +18,14 @@
 //! - `memory <sessions> <operations>`: reports the resident size as lines
 //!   `rss <stage> <KiB>` while it opens `<sessions>` sessions and then runs
 //!   `<operations>` operations. Replies `done` last.
-//! - `quit`: finalizes the module and exits.
+//! - `module <index>`: makes the module at `<index>` of the `--module`
+//!   options the one the next commands use. Replies `done`.
+//! - `quit`: finalizes the modules, the last loaded first, and exits.
+//!
+//! A worker started with `--module` twice, SoftHSM2 first and then p11wld
+//! over the same SoftHSM2, holds both in one process: p11wld finds SoftHSM2
+//! initialized by the application, uses that instance, and leaves it
+//! initialized. The two can then alternate in blocks as short as wanted.
 //!
 //! Any failure is reported with `error <message>` and ends the worker.
 
@@ -41,7 +48,9 @@ const WARM_UP_MAX_OPERATIONS: u32 = 200;
 
 /// The worker's command-line options.
 pub struct WorkerArgs {
-    pub module: PathBuf,
+    /// The modules to load, in order; the first is used until a `module`
+    /// command selects another.
+    pub modules: Vec<PathBuf>,
     pub label: String,
     pub pin: String,
     /// The fault-injection latency module, to read its signature counts.
@@ -50,7 +59,7 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     pub fn parse(args: &[String]) -> Result<WorkerArgs, String> {
-        let mut module = None;
+        let mut modules = Vec::new();
         let mut label = None;
         let mut pin = None;
         let mut latency = None;
@@ -60,15 +69,18 @@ impl WorkerArgs {
                 .next()
                 .ok_or_else(|| format!("worker option {flag} needs a value"))?;
             match flag.as_str() {
-                "--module" => module = Some(PathBuf::from(value)),
+                "--module" => modules.push(PathBuf::from(value)),
                 "--label" => label = Some(value.clone()),
                 "--pin" => pin = Some(value.clone()),
                 "--latency" => latency = Some(PathBuf::from(value)),
                 other => return Err(format!("unknown worker option {other}")),
             }
         }
+        if modules.is_empty() {
+            return Err("the worker needs --module".to_owned());
+        }
         Ok(WorkerArgs {
-            module: module.ok_or("the worker needs --module")?,
+            modules,
             label: label.ok_or("the worker needs --label")?,
             pin: pin.ok_or("the worker needs --pin")?,
             latency,
@@ -79,26 +91,39 @@ impl WorkerArgs {
 /// Runs the worker until `quit` or end of input.
 pub fn main(args: &[String]) -> Result<(), String> {
     let args = WorkerArgs::parse(args)?;
-    let module = Module::load(&args.module)?;
-    let slots = module.slots_with_label(&args.label)?;
-    if slots.is_empty() {
-        return Err(format!("no token labelled {} found", args.label));
+    let mut modules = Vec::new();
+    for path in &args.modules {
+        modules.push(Module::load(path)?);
     }
     let latency = args
         .latency
         .as_deref()
         .map(LatencyCounts::load)
         .transpose()?;
-    let worker = Worker {
-        module: &module,
-        slots,
-        pin: &args.pin,
-        latency,
-    };
-    reply(&format!("ready {}", worker.slots.len()));
+    let mut workers = Vec::new();
+    for (index, module) in modules.iter().enumerate() {
+        let slots = module.slots_with_label(&args.label)?;
+        if slots.is_empty() {
+            return Err(format!(
+                "no token labelled {} found through {}",
+                args.label,
+                args.modules[index].display()
+            ));
+        }
+        workers.push(Worker {
+            module,
+            slots,
+            pin: &args.pin,
+            latency: latency.as_ref(),
+        });
+    }
+
+    let mut active = 0;
+    reply(&format!("ready {}", workers[active].slots.len()));
     for line in std::io::stdin().lock().lines() {
         let line = line.map_err(|e| format!("cannot read a command: {e}"))?;
         let words: Vec<&str> = line.split_whitespace().collect();
+        let worker = &workers[active];
         match words.as_slice() {
             ["run", op, threads, millis] => {
                 worker.run(Op::parse(op)?, number(threads)?, number(millis)?)?
@@ -107,11 +132,23 @@ pub fn main(args: &[String]) -> Result<(), String> {
             ["memory", sessions, operations] => {
                 worker.memory(number(sessions)?, number(operations)?)?
             }
+            ["module", index] => {
+                active = number(index)?;
+                if active >= workers.len() {
+                    return Err(format!("no module {active}; {} loaded", workers.len()));
+                }
+                reply("done");
+            }
             ["quit"] => break,
             _ => return Err(format!("unknown command {line:?}")),
         }
     }
-    module.finalize()
+
+    drop(workers);
+    for module in modules.iter().rev() {
+        module.finalize()?;
+    }
+    Ok(())
 }
 
 fn number<T: std::str::FromStr>(text: &str) -> Result<T, String> {
@@ -141,7 +178,7 @@ struct Worker<'a> {
     module: &'a Module,
     slots: Vec<CK_SLOT_ID>,
     pin: &'a str,
-    latency: Option<LatencyCounts>,
+    latency: Option<&'a LatencyCounts>,
 }
 
 impl Worker<'_> {
@@ -149,7 +186,7 @@ impl Worker<'_> {
         if threads == 0 {
             return Err("a run needs at least one thread".to_owned());
         }
-        if let Some(latency) = &self.latency {
+        if let Some(latency) = self.latency {
             latency.reset();
         }
 
@@ -182,7 +219,7 @@ impl Worker<'_> {
         let rates: Vec<(f64, f64)> = results.iter().map(|(_, rates)| *rates).collect();
         let mut latencies: Vec<u32> = results.into_iter().flat_map(|(l, _)| l).collect();
         let summary = Summary::from_latencies(&mut latencies, &rates);
-        if let Some(latency) = &self.latency {
+        if let Some(latency) = self.latency {
             let counts: Vec<String> = latency
                 .read()
                 .iter()
