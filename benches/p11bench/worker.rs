@@ -206,6 +206,7 @@ impl Worker<'_> {
 
             sync.ready.wait();
             self.report_members();
+            sync.ready.wait();
             sync.start.wait();
             std::thread::sleep(Duration::from_millis(millis));
             sync.stop.store(true, Ordering::Relaxed);
@@ -241,6 +242,8 @@ impl Worker<'_> {
     fn run_thread(&self, index: usize, op: Op, sync: &RunSync) -> (Vec<u32>, (f64, f64)) {
         let slot = self.slots[index % self.slots.len()];
         let session = self.module.open_session(slot).unwrap_or_else(|e| fail(&e));
+        // Twice: the parent's thread reads the session spread in between.
+        sync.ready.wait();
         sync.ready.wait();
 
         if index < self.slots.len() {
@@ -323,7 +326,8 @@ impl Worker<'_> {
 
 /// The barriers and the stop flag that the threads of one run share.
 struct RunSync {
-    /// Every thread has opened its session.
+    /// Every thread has opened its session; passed twice, so the sessions
+    /// are counted before any thread opens more.
     ready: Barrier,
     /// Every slot is logged in.
     logged_in: Barrier,
