@@ -4,10 +4,10 @@
 //!
 //! Each token behaves as a device with a fixed number of processing units
 //! (default one). A signature (`C_Sign`, or the `C_SignFinal` of a
-//! multi-part signature, with an output buffer) holds one unit of its
-//! session's token for the service time: the call waits for a free unit,
-//! forwards to the real module, then sleeps until the service time has
-//! passed since it got the unit. So one token with one unit and 2 ms per
+//! multi-part signature, with an output buffer) keeps one unit of its
+//! session's token busy for the service time: the call waits for a free
+//! unit, forwards to the real module, then sleeps until the service time
+//! has passed since it got the unit. So one token with one unit and 2 ms per
 //! signature delivers at most 500 signatures per second however many
 //! sessions use it, and separate tokens work in parallel, as separate HSMs
 //! do. Length queries (a NULL output buffer) and every other call are
@@ -119,6 +119,7 @@ impl Layer {
         if units == 0 {
             return Err("FAULT_LATENCY_UNITS must be at least 1".to_owned());
         }
+
         // SAFETY: loading a PKCS#11 module runs its initializers, which is
         // what every PKCS#11 application does.
         let library = unsafe { libloading::Library::new(&path) }
@@ -130,6 +131,7 @@ impl Layer {
             )
         }
         .map_err(|e| format!("{path} has no C_GetFunctionList: {e}"))?;
+
         let mut real: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
         // SAFETY: the pointer is valid for writes.
         let rv = unsafe { get_list(&mut real) };
@@ -139,6 +141,7 @@ impl Layer {
         // SAFETY: the module keeps its list alive while it is loaded, and
         // the layer never unloads it.
         let real: &'static CK_FUNCTION_LIST = unsafe { &*real };
+
         let mut list = *real;
         list.C_GetFunctionList = Some(C_GetFunctionList);
         list.C_Finalize = Some(C_Finalize);
