@@ -120,10 +120,19 @@ impl Session {
     /// Turns the return code of a vendor call on this session into a result,
     /// marking the member down when the code says the device is gone. A
     /// stale real session does not count against the member.
+    #[inline(always)]
     pub fn check(&self, call: &'static str, rv: CK_RV) -> Result<()> {
         if rv == CKR_OK {
             return Ok(());
         }
+        self.check_failure(call, rv)
+    }
+
+    /// The part of [`Session::check`] for a code other than CKR_OK, out of
+    /// line so the check of a successful call stays a comparison.
+    #[cold]
+    #[inline(never)]
+    fn check_failure(&self, call: &'static str, rv: CK_RV) -> Result<()> {
         if health::is_member_failure(rv) && !self.is_stale() && self.member.is_up() {
             if self.member_answers(rv) {
                 log::debug!(
