@@ -2,9 +2,10 @@
 //! `C_Finalize`, and the process-wide state that finds it.
 //!
 //! Every entry point reaches the instance through [`enter`], which counts
-//! the call as in flight on a per-thread shard, so `C_Finalize` can wait for
-//! calls in flight to return before it frees anything, without a global
-//! lock or a shared counter on the path of every call.
+//! the call as in flight on one of several shards, picked by the caller's
+//! stack address. So `C_Finalize` can wait for calls in flight to return
+//! before it frees anything, without a global lock or a shared counter on
+//! the path of every call.
 
 use crate::config::Config;
 use crate::error::{ckr_name, Result, Rv};
@@ -204,8 +205,8 @@ static IN_FLIGHT: [Shard; SHARDS] = [const { Shard(AtomicUsize::new(0)) }; SHARD
 
 /// Returns the in-flight counter of the calling thread's shard, chosen by
 /// the address of the thread's stack. Threads' stacks lie megabytes apart,
-/// so threads mostly count on different cache lines, and the choice costs a
-/// few instructions, where a thread-local variable in a library loaded with
+/// so threads mostly count on different cache lines. The choice costs a few
+/// instructions, where a thread-local variable in a library loaded with
 /// dlopen costs a call to `__tls_get_addr` on every access. Which shard a
 /// call counts on matters for speed only: `C_Finalize` adds them all up.
 #[inline(always)]

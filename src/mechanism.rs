@@ -350,10 +350,12 @@ pub struct OwnedMechanism {
     param: Option<Box<OwnedParam>>,
 }
 
-/// The most buffers a known parameter layout points to (ECMQV has three).
+/// The maximum number of buffers a known parameter layout points to
+/// (ECMQV has three).
 const MAX_BUFFERS: usize = 3;
 
-/// The copy of a non-empty mechanism parameter, in one allocation.
+/// The copy of a non-empty mechanism parameter: the structure and the
+/// buffers it points to share one allocation of words.
 struct OwnedParam {
     /// The parameter structure, then the contents of each buffer it points
     /// to, each from a word boundary on. In u64 words so the structure is
@@ -457,7 +459,7 @@ impl OwnedMechanism {
             };
             return Ok(f(&mut mechanism));
         };
-        // The structure is patched in a scratch copy; its pointers lead to
+        // The structure is patched in a scratch copy. Its pointers lead to
         // the buffers' copies in `param`, which the vendor only reads.
         let mut scratch = param.words[..param.len.div_ceil(8)].to_vec();
         if let Some(Layout::Struct {
@@ -502,7 +504,7 @@ impl OwnedParam {
     }
 }
 
-/// Views words as bytes.
+/// Returns the bytes of `words`.
 fn words_as_bytes(words: &mut [u64]) -> &mut [u8] {
     // SAFETY: u8 has no alignment or validity requirement, and the byte
     // view covers exactly the words' memory.

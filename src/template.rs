@@ -67,7 +67,7 @@ const BOOL_ATTRIBUTES: &[CK_ATTRIBUTE_TYPE] = &[
 pub const ARRAY_ATTRIBUTES: &[CK_ATTRIBUTE_TYPE] =
     &[CKA_WRAP_TEMPLATE, CKA_UNWRAP_TEMPLATE, CKA_DERIVE_TEMPLATE];
 
-/// How the checks size an attribute's value.
+/// The size rule the checks apply to an attribute's value.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum ValueSize {
     Any,
@@ -116,7 +116,7 @@ const fn value_sizes() -> [ValueSize; TABLE_LEN] {
     table
 }
 
-/// Returns how the checks size the value of `kind`.
+/// Returns the size rule for the value of `kind`.
 #[inline]
 fn value_size(kind: CK_ATTRIBUTE_TYPE) -> ValueSize {
     if let Some(size) = VALUE_SIZES.get(kind as usize) {

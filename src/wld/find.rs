@@ -26,7 +26,7 @@ pub struct FindState {
     /// Virtual handles returned so far, in the order returned, except that
     /// the first `before_restart` are sorted.
     returned: Vec<CK_OBJECT_HANDLE>,
-    /// How many handles were returned before the last restart.
+    /// The number of handles returned before the last restart.
     before_restart: usize,
 }
 

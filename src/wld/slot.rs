@@ -38,9 +38,10 @@ pub struct VirtualSlot {
     /// by session or crypto calls.
     pub login_serial: Mutex<()>,
     next_member: AtomicUsize,
-    /// Picks among members tied for the fewest sessions, in turn from a
-    /// random start: sessions opened at the same time take different
-    /// members, and processes do not all start on the same one.
+    /// The counter that picks among the members tied for the fewest
+    /// sessions, in turn from a random start, so sessions opened at the
+    /// same time take different members and separate processes do not all
+    /// start on the same one.
     next_tied: AtomicUsize,
 }
 
