@@ -34,8 +34,7 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
-    /// The members with the fewest open sessions, taken in turn from a
-    /// random start when several are tied.
+    /// A random member among those with the fewest open sessions.
     #[default]
     LeastSessions,
     RoundRobin,

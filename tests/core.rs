@@ -146,6 +146,33 @@ isolated! {
         assert_eq!(open_sessions_per_member(&pkcs11), vec![0, 0, 0]);
     }
 
+    /// Sessions opened at the same moment from twelve threads spread four
+    /// to each member: each random pick is claimed before the session opens.
+    fn concurrent_opens_spread_evenly() {
+        let hsms = three_hsm_processes(false);
+        let config = hsms.write_config(common::setups::DEFAULT_EXTRA);
+        let _env = config.set_env();
+        let pkcs11 = load_initialized(&p11wld_module());
+        let slot = wld_slot(&pkcs11, WLD_LABEL);
+        for round in 0..5 {
+            let barrier = std::sync::Barrier::new(12);
+            let sessions: Vec<Session> = std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..12)
+                    .map(|_| {
+                        let (pkcs11, barrier) = (&pkcs11, &barrier);
+                        scope.spawn(move || {
+                            barrier.wait();
+                            pkcs11.open_ro_session(slot).unwrap()
+                        })
+                    })
+                    .collect();
+                threads.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            assert_eq!(open_sessions_per_member(&pkcs11), vec![4, 4, 4], "round {round}");
+            drop(sessions);
+        }
+    }
+
     /// The round-robin policy also spreads sessions evenly.
     fn round_robin_spreads_evenly() {
         let hsms = three_hsm_processes(false);

@@ -12,15 +12,14 @@
 //! member) is lost: its next call gets CKR_DEVICE_ERROR and ends it, and the
 //! session goes on working.
 
-use super::member::Member;
 use super::ops::{ActiveOp, OpKind, OP_KINDS};
 use super::session::{release_real, Session};
+use super::slot::Candidates;
 use crate::error::{Result, Rv};
 use crate::health;
 use crate::instance::Instance;
 use cryptoki_sys::*;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// Whether the call that met a member failure may run again elsewhere.
@@ -113,7 +112,11 @@ fn follow_object(instance: &Instance, session: &mut Session, pos: usize) -> Resu
         session.handle,
         target.describe()
     );
-    match move_session_to(instance, session, vec![target]) {
+    let candidates = Candidates {
+        members: vec![target],
+        claimed: false,
+    };
+    match move_session_to(instance, session, candidates) {
         Ok(()) => Ok(true),
         // The session stays where it was; the call's own error stands.
         Err(_) => Ok(false),
@@ -131,7 +134,7 @@ pub fn move_session(instance: &Instance, session: &mut Session) -> Result<()> {
 fn move_session_to(
     instance: &Instance,
     session: &mut Session,
-    candidates: Vec<Arc<Member>>,
+    candidates: Candidates,
 ) -> Result<()> {
     let (member, real) = instance
         .sessions

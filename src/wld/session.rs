@@ -11,7 +11,7 @@ use super::login;
 use super::member::Member;
 use super::object::{ObjectTable, Place};
 use super::ops::{ActiveOp, OP_KINDS};
-use super::slot::VirtualSlot;
+use super::slot::{Candidates, VirtualSlot};
 use crate::config::Policy;
 use crate::error::{Result, Rv};
 use crate::health;
@@ -329,19 +329,25 @@ impl SessionTable {
     pub fn open_on_candidates(
         &self,
         slot: &VirtualSlot,
-        candidates: Vec<Arc<Member>>,
+        candidates: Candidates,
         flags: CK_FLAGS,
     ) -> Result<(Arc<Member>, CK_SESSION_HANDLE)> {
         let epoch = login::current(slot).map(|c| c.epoch);
         let mut last = Rv(CKR_TOKEN_NOT_PRESENT);
-        for member in candidates {
+        for (i, member) in candidates.members.into_iter().enumerate() {
+            // The policy's choice may be claimed already; every other
+            // candidate is counted as being opened here.
+            let claimed = i == 0 && candidates.claimed;
+            if !claimed {
+                member.opening.fetch_add(1, Ordering::AcqRel);
+            }
             if epoch.is_some_and(|e| member.login_rejected.load(Ordering::Acquire) == e) {
+                member.opening.fetch_sub(1, Ordering::AcqRel);
                 last = Rv(CKR_PIN_INCORRECT);
                 continue;
             }
-            member.opening.fetch_add(1, Ordering::Relaxed);
             let opened = open_real(slot, &member, flags);
-            member.opening.fetch_sub(1, Ordering::Relaxed);
+            member.opening.fetch_sub(1, Ordering::AcqRel);
             match opened {
                 Ok(real) => return Ok((member, real)),
                 Err(rv) if health::is_member_failure(rv.0) => {

@@ -19,6 +19,14 @@ const BITMAP_LIMIT: CK_MECHANISM_TYPE = 0x1_0000;
 /// that hold on all of them, sorted by mechanism type.
 pub type MechanismTable = Arc<Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)>>;
 
+/// The members to try for a new session, in order.
+pub struct Candidates {
+    pub members: Vec<Arc<Member>>,
+    /// Whether the first member is claimed: its `opening` count was raised
+    /// for this open, and must be lowered once the open is done.
+    pub claimed: bool,
+}
+
 pub struct VirtualSlot {
     pub id: CK_SLOT_ID,
     /// The label for logs and descriptions; bytes that are not UTF-8 show
@@ -38,11 +46,6 @@ pub struct VirtualSlot {
     /// by session or crypto calls.
     pub login_serial: Mutex<()>,
     next_member: AtomicUsize,
-    /// The counter that picks among the members tied for the fewest
-    /// sessions, in turn from a random start, so sessions opened at the
-    /// same time take different members and separate processes do not all
-    /// start on the same one.
-    next_tied: AtomicUsize,
 }
 
 impl VirtualSlot {
@@ -60,7 +63,6 @@ impl VirtualSlot {
             login: Mutex::new(LoginState::default()),
             login_serial: Mutex::new(()),
             next_member: AtomicUsize::new(0),
-            next_tied: AtomicUsize::new(rand::rng().random::<u32>() as usize),
         }
     }
 
@@ -108,7 +110,63 @@ impl VirtualSlot {
 
     /// Orders the healthy members for a new session: the policy's choice
     /// first, then the others as fallbacks.
-    pub fn candidates(&self, policy: Policy) -> Vec<Arc<Member>> {
+    ///
+    /// Under `least-sessions` the choice is random among the members with
+    /// the fewest sessions, and is claimed: its count of sessions being
+    /// opened goes up before this returns, so a concurrent open sees it
+    /// loaded and picks another. The caller releases the claim.
+    pub fn candidates(&self, policy: Policy) -> Candidates {
+        if policy == Policy::LeastSessions {
+            for _ in 0..8 {
+                if let Some(claimed) = self.claim_least_loaded() {
+                    return claimed;
+                }
+            }
+        }
+        Candidates {
+            members: self.ranked(policy),
+            claimed: false,
+        }
+    }
+
+    /// Picks a random member among the least loaded and claims it, unless
+    /// another thread claimed or opened on it since its load was read.
+    fn claim_least_loaded(&self) -> Option<Candidates> {
+        let mut ranked: Vec<(usize, usize, Arc<Member>)> = self
+            .members
+            .read()
+            .iter()
+            .filter(|m| m.is_up())
+            .map(|m| {
+                let opening = m.opening.load(Ordering::Acquire);
+                (
+                    m.open_sessions.load(Ordering::Acquire) + opening,
+                    opening,
+                    m.clone(),
+                )
+            })
+            .collect();
+        let least = ranked.iter().map(|(load, _, _)| *load).min()?;
+        let tied: Vec<usize> = (0..ranked.len())
+            .filter(|&i| ranked[i].0 == least)
+            .collect();
+        let pick = tied[rand::rng().random_range(0..tied.len())];
+        let (_, opening, member) = &ranked[pick];
+        member
+            .opening
+            .compare_exchange(*opening, opening + 1, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        ranked.swap(0, pick);
+        // The fallbacks, too, go to the least loaded member first.
+        ranked[1..].sort_by_key(|(load, _, _)| *load);
+        Some(Candidates {
+            members: ranked.into_iter().map(|(_, _, m)| m).collect(),
+            claimed: true,
+        })
+    }
+
+    /// Orders the healthy members without claiming any.
+    fn ranked(&self, policy: Policy) -> Vec<Arc<Member>> {
         // Other threads open and close sessions meanwhile, so each load is
         // read once: a second read could disagree with the first. The one
         // vector allocated is reused for the list returned.
@@ -126,14 +184,10 @@ impl VirtualSlot {
                 }
                 Policy::LeastSessions => {
                     let least = ranked.iter().map(|(load, _)| *load).min().unwrap_or(0);
-                    let tied = ranked.iter().filter(|(load, _)| *load == least).count();
-                    let pick = self.next_tied.fetch_add(1, Ordering::Relaxed) % tied;
-                    ranked
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, (load, _))| *load == least)
-                        .nth(pick)
-                        .map_or(0, |(position, _)| position)
+                    let tied: Vec<usize> = (0..ranked.len())
+                        .filter(|&i| ranked[i].0 == least)
+                        .collect();
+                    tied[rand::rng().random_range(0..tied.len())]
                 }
             };
             ranked.rotate_left(first);
@@ -247,6 +301,6 @@ mod tests {
         let slot = VirtualSlot::new(0, b"X".to_vec());
         assert!(!slot.supports(CKM_RSA_PKCS));
         assert!(!slot.supports(CKM_VENDOR_DEFINED | 1));
-        assert!(slot.candidates(Policy::LeastSessions).is_empty());
+        assert!(slot.candidates(Policy::LeastSessions).members.is_empty());
     }
 }
