@@ -147,10 +147,7 @@ impl VirtualSlot {
             })
             .collect();
         let least = ranked.iter().map(|(load, _, _)| *load).min()?;
-        let tied: Vec<usize> = (0..ranked.len())
-            .filter(|&i| ranked[i].0 == least)
-            .collect();
-        let pick = tied[rand::rng().random_range(0..tied.len())];
+        let pick = random_tied(ranked.iter().map(|(load, _, _)| *load == least))?;
         let (_, opening, member) = &ranked[pick];
         member
             .opening
@@ -184,10 +181,7 @@ impl VirtualSlot {
                 }
                 Policy::LeastSessions => {
                     let least = ranked.iter().map(|(load, _)| *load).min().unwrap_or(0);
-                    let tied: Vec<usize> = (0..ranked.len())
-                        .filter(|&i| ranked[i].0 == least)
-                        .collect();
-                    tied[rand::rng().random_range(0..tied.len())]
+                    random_tied(ranked.iter().map(|(load, _)| *load == least)).unwrap_or(0)
                 }
             };
             ranked.rotate_left(first);
@@ -223,6 +217,20 @@ impl VirtualSlot {
         }
         *self.mechanisms.write() = Arc::new(table);
     }
+}
+
+/// Returns the position of a random one of the `true` entries of `tied`,
+/// without allocating.
+fn random_tied(tied: impl Iterator<Item = bool> + Clone) -> Option<usize> {
+    let count = tied.clone().filter(|&t| t).count();
+    if count == 0 {
+        return None;
+    }
+    let pick = rand::rng().random_range(0..count);
+    tied.enumerate()
+        .filter(|(_, t)| *t)
+        .nth(pick)
+        .map(|(i, _)| i)
 }
 
 /// Derives the virtual token's serial from its label.
