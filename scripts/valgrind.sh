@@ -18,7 +18,7 @@ for line in sys.stdin:
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
-P11WLD_STRESS_SECONDS=$seconds valgrind --tool=memcheck --leak-check=full \
+P11WLD_STRESS_SECONDS=$seconds valgrind --tool=memcheck --fair-sched=yes --leak-check=full \
     --errors-for-leak-kinds=definite --trace-children=yes \
     --trace-children-skip='*p11-kit*' --log-file="$logs/valgrind.%p.log" \
     "$test_binary" --exact stress_one_wld_slot finalize_races_calls_in_flight --nocapture
