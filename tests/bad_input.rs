@@ -539,23 +539,36 @@ isolated! {
         );
         assert_eq!(call!(raw, C_FindObjectsFinal(s)), CKR_OK);
 
-        // Init functions: a NULL mechanism. PKCS#11 3.0 gives a NULL
-        // mechanism a meaning only when an operation of that kind is
-        // active (it cancels it); with none active it is CKR_ARGUMENTS_BAD.
-        for (name, rv) in [
-            ("C_EncryptInit", call!(raw, C_EncryptInit(s, null_mut(), wld.aes))),
-            ("C_DecryptInit", call!(raw, C_DecryptInit(s, null_mut(), wld.aes))),
-            ("C_DigestInit", call!(raw, C_DigestInit(s, null_mut()))),
-            ("C_SignInit", call!(raw, C_SignInit(s, null_mut(), key))),
-            ("C_VerifyInit", call!(raw, C_VerifyInit(s, null_mut(), wld.rsa_public))),
-            ("C_SignRecoverInit", call!(raw, C_SignRecoverInit(s, null_mut(), key))),
-            (
-                "C_VerifyRecoverInit",
-                call!(raw, C_VerifyRecoverInit(s, null_mut(), wld.rsa_public)),
-            ),
-        ] {
-            table.record(format!("{name}(s, NULL, key), none active"), CKR_ARGUMENTS_BAD, rv);
+        // Init functions: a NULL mechanism. In the PKCS#11 3.0 list it
+        // cancels the active operation of its kind, and with none active
+        // there is nothing to cancel: CKR_OK. The 2.40 list keeps the 2.40
+        // rule, CKR_ARGUMENTS_BAD.
+        macro_rules! null_mechanism {
+            ($list:expr, $version:literal, $expected:expr) => {
+                // SAFETY: the functions get a NULL mechanism, which they
+                // check before anything else.
+                let rows = unsafe {
+                    [
+                        ("C_EncryptInit", $list.C_EncryptInit.unwrap()(s, null_mut(), wld.aes)),
+                        ("C_DecryptInit", $list.C_DecryptInit.unwrap()(s, null_mut(), wld.aes)),
+                        ("C_DigestInit", $list.C_DigestInit.unwrap()(s, null_mut())),
+                        ("C_SignInit", $list.C_SignInit.unwrap()(s, null_mut(), key)),
+                        ("C_VerifyInit", $list.C_VerifyInit.unwrap()(s, null_mut(), wld.rsa_public)),
+                        ("C_SignRecoverInit", $list.C_SignRecoverInit.unwrap()(s, null_mut(), key)),
+                        (
+                            "C_VerifyRecoverInit",
+                            $list.C_VerifyRecoverInit.unwrap()(s, null_mut(), wld.rsa_public),
+                        ),
+                    ]
+                };
+                for (name, rv) in rows {
+                    let case = format!("{name}(s, NULL, key) of the {} list, none active", $version);
+                    table.record(case, $expected, rv);
+                }
+            };
         }
+        null_mechanism!(raw.list3, "3.0", CKR_OK);
+        null_mechanism!(raw.list, "2.40", CKR_ARGUMENTS_BAD);
 
         // Single-part and update functions: NULL input with a length, and
         // a NULL output length.

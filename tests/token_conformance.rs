@@ -392,11 +392,13 @@ isolated! {
         for (member, &s) in wld.sessions.iter().enumerate() {
             let k = find_keys(raw, s);
             let mut sign = mechanism(CKM_SHA256_RSA_PKCS);
+            let mut ecdsa = mechanism(CKM_ECDSA);
             let mut sha256 = mechanism(CKM_SHA256);
             let mut ecb = mechanism(CKM_AES_ECB);
             let mut out = [0u8; 512];
             let mut length: CK_ULONG = 512;
             let o = out.as_mut_ptr();
+            let ecdsa: *mut CK_MECHANISM = &mut ecdsa;
             let sign: *mut CK_MECHANISM = &mut sign;
             let sha256: *mut CK_MECHANISM = &mut sha256;
             let ecb: *mut CK_MECHANISM = &mut ecb;
@@ -411,6 +413,13 @@ isolated! {
                 (
                     "C_Sign with a NULL length",
                     Box::new(|| call!(raw, C_SignInit(s, sign, k.rsa_private))),
+                    Box::new(|| call!(raw, C_Sign(s, d, 16, o, null_mut()))),
+                ),
+                (
+                    // ECDSA has no multi-part form, so a final call does
+                    // not end its operation.
+                    "C_Sign with a NULL length, ECDSA",
+                    Box::new(|| call!(raw, C_SignInit(s, ecdsa, k.ec_private))),
                     Box::new(|| call!(raw, C_Sign(s, d, 16, o, null_mut()))),
                 ),
                 (
@@ -464,6 +473,110 @@ isolated! {
                 finish_any(raw, s, d, o);
             }
         }
+    }
+
+    fn null_mechanism_cancels_operation() {
+        // PKCS#11 3.0: an init call with a NULL mechanism ends the active
+        // operation of its kind and returns CKR_OK; C_SessionCancel ends
+        // the operations its flags name. The 2.40 list keeps the 2.40
+        // rule: a NULL mechanism is CKR_ARGUMENTS_BAD.
+        let wld = Wld::start();
+        let raw = &wld.raw;
+        let mut data = *b"0123456789abcdef";
+        let d = data.as_mut_ptr();
+        let mut out = [0u8; 512];
+        let o = out.as_mut_ptr();
+        for (member, &s) in wld.sessions.iter().enumerate() {
+            let k = find_keys(raw, s);
+            let mut sign = mechanism(CKM_SHA256_RSA_PKCS);
+            let mut ecdsa = mechanism(CKM_ECDSA);
+            let mut sha256 = mechanism(CKM_SHA256);
+            let mut ecb = mechanism(CKM_AES_ECB);
+            let at = |what: &str| format!("{what} on member {member}");
+
+            // Each kind: start, update where it has parts, cancel, and
+            // check that the operation is gone and a new one starts.
+            assert_rv(call!(raw, C_SignInit(s, &mut sign, k.rsa_private)), CKR_OK, &at("C_SignInit"));
+            assert_rv(call!(raw, C_SignUpdate(s, d, 16)), CKR_OK, &at("C_SignUpdate"));
+            assert_rv(call!(raw, C_SignInit(s, null_mut(), 0)), CKR_OK, &at("C_SignInit(NULL)"));
+            assert_rv(
+                call!(raw, C_SignUpdate(s, d, 16)),
+                CKR_OPERATION_NOT_INITIALIZED,
+                &at("C_SignUpdate after the cancel"),
+            );
+            assert_rv(call!(raw, C_SignInit(s, &mut ecdsa, k.ec_private)), CKR_OK, &at("C_SignInit ECDSA"));
+            assert_rv(call!(raw, C_SignInit(s, null_mut(), 0)), CKR_OK, &at("C_SignInit(NULL) of ECDSA"));
+            let mut length: CK_ULONG = 512;
+            assert_rv(
+                call!(raw, C_Sign(s, d, 16, o, &mut length)),
+                CKR_OPERATION_NOT_INITIALIZED,
+                &at("C_Sign after the cancel"),
+            );
+
+            assert_rv(call!(raw, C_DigestInit(s, &mut sha256)), CKR_OK, &at("C_DigestInit"));
+            assert_rv(call!(raw, C_DigestUpdate(s, d, 16)), CKR_OK, &at("C_DigestUpdate"));
+            assert_rv(call!(raw, C_DigestInit(s, null_mut())), CKR_OK, &at("C_DigestInit(NULL)"));
+            assert_rv(
+                call!(raw, C_DigestUpdate(s, d, 16)),
+                CKR_OPERATION_NOT_INITIALIZED,
+                &at("C_DigestUpdate after the cancel"),
+            );
+
+            assert_rv(call!(raw, C_EncryptInit(s, &mut ecb, k.aes)), CKR_OK, &at("C_EncryptInit"));
+            length = 512;
+            assert_rv(call!(raw, C_EncryptUpdate(s, d, 16, o, &mut length)), CKR_OK, &at("C_EncryptUpdate"));
+            assert_rv(call!(raw, C_EncryptInit(s, null_mut(), 0)), CKR_OK, &at("C_EncryptInit(NULL)"));
+            assert_rv(call!(raw, C_DecryptInit(s, &mut ecb, k.aes)), CKR_OK, &at("C_DecryptInit"));
+            assert_rv(call!(raw, C_DecryptInit(s, null_mut(), 0)), CKR_OK, &at("C_DecryptInit(NULL)"));
+            assert_rv(call!(raw, C_VerifyInit(s, &mut sign, k.rsa_public)), CKR_OK, &at("C_VerifyInit"));
+            assert_rv(call!(raw, C_VerifyUpdate(s, d, 16)), CKR_OK, &at("C_VerifyUpdate"));
+            assert_rv(call!(raw, C_VerifyInit(s, null_mut(), 0)), CKR_OK, &at("C_VerifyInit(NULL)"));
+
+            // A cancel without an active operation changes nothing.
+            assert_rv(call!(raw, C_SignInit(s, null_mut(), 0)), CKR_OK, &at("C_SignInit(NULL), none active"));
+
+            // C_SessionCancel with flags of operations that are not
+            // active as well. SoftHSM2 runs one operation per session, so
+            // the signature and the search are cancelled one after the
+            // other.
+            let all = CKF_SIGN | CKF_DIGEST | CKF_ENCRYPT | CKF_FIND_OBJECTS;
+            assert_rv(call!(raw, C_SignInit(s, &mut sign, k.rsa_private)), CKR_OK, &at("C_SignInit"));
+            assert_rv(call!(raw, C_SessionCancel(s, all)), CKR_OK, &at("C_SessionCancel of a signature"));
+            assert_rv(
+                call!(raw, C_SignUpdate(s, d, 16)),
+                CKR_OPERATION_NOT_INITIALIZED,
+                &at("C_SignUpdate after C_SessionCancel"),
+            );
+            let mut secret = CKO_SECRET_KEY;
+            let mut class = ulong_attribute(CKA_CLASS, &mut secret);
+            assert_rv(call!(raw, C_FindObjectsInit(s, &mut class, 1)), CKR_OK, &at("C_FindObjectsInit"));
+            assert_rv(call!(raw, C_SessionCancel(s, all)), CKR_OK, &at("C_SessionCancel of a search"));
+            let mut found: CK_OBJECT_HANDLE = 0;
+            let mut count: CK_ULONG = 0;
+            assert_rv(
+                call!(raw, C_FindObjects(s, &mut found, 1, &mut count)),
+                CKR_OPERATION_NOT_INITIALIZED,
+                &at("C_FindObjects after C_SessionCancel"),
+            );
+            // Neither is active on the member any more: new ones start.
+            assert_rv(call!(raw, C_FindObjectsInit(s, &mut class, 1)), CKR_OK, &at("C_FindObjectsInit again"));
+            assert_rv(call!(raw, C_FindObjectsFinal(s)), CKR_OK, &at("C_FindObjectsFinal"));
+            assert_rv(call!(raw, C_SignInit(s, &mut sign, k.rsa_private)), CKR_OK, &at("C_SignInit again"));
+            finish_any(raw, s, d, o);
+        }
+
+        let s = wld.sessions[0];
+        assert_rv(
+            call!(raw, C_SessionCancel(0x7fff_0000, CKF_SIGN)),
+            CKR_SESSION_HANDLE_INVALID,
+            "C_SessionCancel on an invalid session",
+        );
+        // SAFETY: the 2.40 list's C_SignInit with a NULL mechanism.
+        let rv = unsafe { raw.list.C_SignInit.unwrap()(s, null_mut(), 0) };
+        assert_rv(rv, CKR_ARGUMENTS_BAD, "C_SignInit(NULL) of the 2.40 list");
+        // SAFETY: as above, for C_DigestInit.
+        let rv = unsafe { raw.list.C_DigestInit.unwrap()(s, null_mut()) };
+        assert_rv(rv, CKR_ARGUMENTS_BAD, "C_DigestInit(NULL) of the 2.40 list");
     }
 
     fn mixed_attribute_template() {
@@ -668,11 +781,6 @@ isolated! {
         };
         let empty: Vec<usize> = (1..words).filter(|&i| entries[i] == 0).collect();
         assert!(empty.is_empty(), "empty entries of the 3.0 list: {empty:?}");
-        assert_rv(
-            unsafe { list.C_SessionCancel.unwrap()(wld.sessions[0], CKF_SIGN) },
-            CKR_FUNCTION_NOT_SUPPORTED,
-            "C_SessionCancel",
-        );
 
         let mut v240 = CK_VERSION { major: 2, minor: 40 };
         let rv = unsafe { (raw.get_interface)(name.as_mut_ptr(), &mut v240, &mut interface, 0) };

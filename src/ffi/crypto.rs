@@ -2,7 +2,7 @@
 //! single-part, multi-part and dual-function.
 
 use super::{bytes, check_in, check_out};
-use crate::error::Result;
+use crate::error::{Result, Rv};
 use crate::instance::enter;
 use crate::mechanism::Checked;
 use crate::vendor::VendorModule;
@@ -257,7 +257,7 @@ unsafe fn dual(
 /// Declares entry points that delegate to one of the helpers above; each
 /// one's safety contract is that of the PKCS#11 function it implements.
 macro_rules! entry {
-    (init $name:ident, $kind:ident) => {
+    (init $name:ident, $name_3_0:ident, $kind:ident) => {
         /// # Safety
         /// `pMechanism` is NULL or a valid CK_MECHANISM.
         pub(super) unsafe extern "C" fn $name(
@@ -276,6 +276,23 @@ macro_rules! entry {
                     hKey,
                 )
             }
+        }
+
+        /// The function of the PKCS#11 3.0 list, where a NULL mechanism
+        /// cancels the active operation.
+        ///
+        /// # Safety
+        /// `pMechanism` is NULL or a valid CK_MECHANISM.
+        pub(super) unsafe extern "C" fn $name_3_0(
+            hSession: CK_SESSION_HANDLE,
+            pMechanism: *mut CK_MECHANISM,
+            hKey: CK_OBJECT_HANDLE,
+        ) -> CK_RV {
+            if pMechanism.is_null() {
+                return cancel(stringify!($name), &[OpKind::$kind], hSession);
+            }
+            // SAFETY: forwarded from the caller's contract.
+            unsafe { $name(hSession, pMechanism, hKey) }
         }
     };
     (single $name:ident, $kind:ident) => {
@@ -397,12 +414,12 @@ macro_rules! entry {
     };
 }
 
-entry!(init C_EncryptInit, Encrypt);
+entry!(init C_EncryptInit, C_EncryptInit_3_0, Encrypt);
 entry!(single C_Encrypt, Encrypt);
 entry!(update_out C_EncryptUpdate, Encrypt);
 entry!(final C_EncryptFinal, Encrypt);
 
-entry!(init C_DecryptInit, Decrypt);
+entry!(init C_DecryptInit, C_DecryptInit_3_0, Decrypt);
 entry!(single C_Decrypt, Decrypt);
 entry!(update_out C_DecryptUpdate, Decrypt);
 entry!(final C_DecryptFinal, Decrypt);
@@ -411,18 +428,18 @@ entry!(single C_Digest, Digest);
 entry!(update C_DigestUpdate, Digest);
 entry!(final C_DigestFinal, Digest);
 
-entry!(init C_SignInit, Sign);
+entry!(init C_SignInit, C_SignInit_3_0, Sign);
 entry!(single C_Sign, Sign);
 entry!(update C_SignUpdate, Sign);
 entry!(final C_SignFinal, Sign);
 
-entry!(init C_SignRecoverInit, SignRecover);
+entry!(init C_SignRecoverInit, C_SignRecoverInit_3_0, SignRecover);
 entry!(single C_SignRecover, SignRecover);
 
-entry!(init C_VerifyInit, Verify);
+entry!(init C_VerifyInit, C_VerifyInit_3_0, Verify);
 entry!(update C_VerifyUpdate, Verify);
 
-entry!(init C_VerifyRecoverInit, VerifyRecover);
+entry!(init C_VerifyRecoverInit, C_VerifyRecoverInit_3_0, VerifyRecover);
 entry!(single C_VerifyRecover, VerifyRecover);
 
 entry!(dual C_DigestEncryptUpdate, Digest, Encrypt);
@@ -446,6 +463,45 @@ pub(super) unsafe extern "C" fn C_DigestInit(
             ops::init(instance, session, OpKind::Digest, mechanism, 0, call)
         })
     })
+}
+
+/// The function of the PKCS#11 3.0 list, where a NULL mechanism cancels the
+/// active digest.
+///
+/// # Safety
+/// `pMechanism` is NULL or a valid CK_MECHANISM.
+pub(super) unsafe extern "C" fn C_DigestInit_3_0(
+    hSession: CK_SESSION_HANDLE,
+    pMechanism: *mut CK_MECHANISM,
+) -> CK_RV {
+    if pMechanism.is_null() {
+        return cancel("C_DigestInit", &[OpKind::Digest], hSession);
+    }
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { C_DigestInit(hSession, pMechanism) }
+}
+
+/// Ends the active operations of `kinds` on a session, as a PKCS#11 3.0
+/// init call with a NULL mechanism and `C_SessionCancel` do. An operation
+/// that was not active counts as ended. Returns
+/// CKR_OPERATION_CANCEL_FAILED when the member may still hold one.
+fn cancel(name: &'static str, kinds: &[OpKind], hSession: CK_SESSION_HANDLE) -> CK_RV {
+    enter(name, |instance| {
+        instance.session(hSession, Retry::Safe, |session| cancel_ops(session, kinds))
+    })
+}
+
+/// Ends the active operations of `kinds` on `session`; see [`cancel`].
+pub(super) fn cancel_ops(session: &mut Session, kinds: &[OpKind]) -> Result<()> {
+    let mut ended = true;
+    for &kind in kinds {
+        ended &= ops::abort(session, kind);
+    }
+    if ended {
+        Ok(())
+    } else {
+        Err(Rv(CKR_OPERATION_CANCEL_FAILED))
+    }
 }
 
 /// Digests a key's value on the member; such a digest cannot be replayed.

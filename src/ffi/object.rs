@@ -379,17 +379,22 @@ pub(super) extern "C" fn C_FindObjectsFinal(hSession: CK_SESSION_HANDLE) -> CK_R
             if !session.find.active {
                 return Err(Rv(CKR_OPERATION_NOT_INITIALIZED));
             }
-            if session.find.exhausted || session.find.lost {
-                // The search was lost with its member; the new member has
-                // none to end.
-                session.find.finish();
-                return Ok(());
-            }
-            let rv = vcall!(session.module(), C_FindObjectsFinal(session.real));
-            session.find.finish();
-            session.check("C_FindObjectsFinal", rv)
+            end_search(session)
         })
     })
+}
+
+/// Ends the active search of `session` on its member.
+pub(super) fn end_search(session: &mut Session) -> Result<()> {
+    if session.find.exhausted || session.find.lost {
+        // The search was lost with its member; the new member has none to
+        // end.
+        session.find.finish();
+        return Ok(());
+    }
+    let rv = vcall!(session.module(), C_FindObjectsFinal(session.real));
+    session.find.finish();
+    session.check("C_FindObjectsFinal", rv)
 }
 
 /// Returns whether the member still answers on the session's real session.

@@ -17,9 +17,26 @@ use cryptoki_sys::*;
 use std::cell::UnsafeCell;
 use std::ffi::{c_void, CStr};
 
-/// Fills in a function list: the 2.40 fields are the same in every table.
+/// Fills in a function list. The 2.40 fields are the same in every table
+/// but C_GetInfo and the seven init functions, which take a NULL mechanism
+/// as a cancel in PKCS#11 3.0.
 macro_rules! function_list {
-    ($kind:ident, $major:expr, $minor:expr, $get_info:ident { $($extra:tt)* }) => {
+    (
+        $kind:ident,
+        $major:expr,
+        $minor:expr,
+        $get_info:ident,
+        [
+            $encrypt_init:ident,
+            $decrypt_init:ident,
+            $digest_init:ident,
+            $sign_init:ident,
+            $sign_recover_init:ident,
+            $verify_init:ident,
+            $verify_recover_init:ident $(,)?
+        ]
+        { $($extra:tt)* }
+    ) => {
         $kind {
             version: CK_VERSION { major: $major, minor: $minor },
             C_Initialize: Some(C_Initialize),
@@ -51,30 +68,30 @@ macro_rules! function_list {
             C_FindObjectsInit: Some(C_FindObjectsInit),
             C_FindObjects: Some(C_FindObjects),
             C_FindObjectsFinal: Some(C_FindObjectsFinal),
-            C_EncryptInit: Some(C_EncryptInit),
+            C_EncryptInit: Some($encrypt_init),
             C_Encrypt: Some(C_Encrypt),
             C_EncryptUpdate: Some(C_EncryptUpdate),
             C_EncryptFinal: Some(C_EncryptFinal),
-            C_DecryptInit: Some(C_DecryptInit),
+            C_DecryptInit: Some($decrypt_init),
             C_Decrypt: Some(C_Decrypt),
             C_DecryptUpdate: Some(C_DecryptUpdate),
             C_DecryptFinal: Some(C_DecryptFinal),
-            C_DigestInit: Some(C_DigestInit),
+            C_DigestInit: Some($digest_init),
             C_Digest: Some(C_Digest),
             C_DigestUpdate: Some(C_DigestUpdate),
             C_DigestKey: Some(C_DigestKey),
             C_DigestFinal: Some(C_DigestFinal),
-            C_SignInit: Some(C_SignInit),
+            C_SignInit: Some($sign_init),
             C_Sign: Some(C_Sign),
             C_SignUpdate: Some(C_SignUpdate),
             C_SignFinal: Some(C_SignFinal),
-            C_SignRecoverInit: Some(C_SignRecoverInit),
+            C_SignRecoverInit: Some($sign_recover_init),
             C_SignRecover: Some(C_SignRecover),
-            C_VerifyInit: Some(C_VerifyInit),
+            C_VerifyInit: Some($verify_init),
             C_Verify: Some(C_Verify),
             C_VerifyUpdate: Some(C_VerifyUpdate),
             C_VerifyFinal: Some(C_VerifyFinal),
-            C_VerifyRecoverInit: Some(C_VerifyRecoverInit),
+            C_VerifyRecoverInit: Some($verify_recover_init),
             C_VerifyRecover: Some(C_VerifyRecover),
             C_DigestEncryptUpdate: Some(C_DigestEncryptUpdate),
             C_DecryptDigestUpdate: Some(C_DecryptDigestUpdate),
@@ -96,14 +113,39 @@ macro_rules! function_list {
 }
 
 /// The PKCS#11 2.40 function list.
-pub static FUNCTION_LIST: CK_FUNCTION_LIST = function_list!(CK_FUNCTION_LIST, 2, 40, C_GetInfo {});
+pub static FUNCTION_LIST: CK_FUNCTION_LIST = function_list!(
+    CK_FUNCTION_LIST,
+    2,
+    40,
+    C_GetInfo,
+    [
+        C_EncryptInit,
+        C_DecryptInit,
+        C_DigestInit,
+        C_SignInit,
+        C_SignRecoverInit,
+        C_VerifyInit,
+        C_VerifyRecoverInit,
+    ]
+    {}
+);
 
 /// The PKCS#11 3.0 function list.
 pub static FUNCTION_LIST_3_0: CK_FUNCTION_LIST_3_0 = function_list!(
     CK_FUNCTION_LIST_3_0,
     3,
     0,
-    C_GetInfo_3_0 {
+    C_GetInfo_3_0,
+    [
+        C_EncryptInit_3_0,
+        C_DecryptInit_3_0,
+        C_DigestInit_3_0,
+        C_SignInit_3_0,
+        C_SignRecoverInit_3_0,
+        C_VerifyInit_3_0,
+        C_VerifyRecoverInit_3_0,
+    ]
+    {
         C_GetInterfaceList: Some(C_GetInterfaceList),
         C_GetInterface: Some(C_GetInterface),
         C_LoginUser: Some(C_LoginUser),

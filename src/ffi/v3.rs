@@ -1,14 +1,18 @@
-//! PKCS#11 3.0 functions the proxy does not serve: they return
+//! PKCS#11 3.0 functions outside the 2.40 list. `C_SessionCancel` ends the
+//! operations and searches the proxy runs; the others return
 //! CKR_FUNCTION_NOT_SUPPORTED once the module is initialized.
 //!
 //! Message-based encryption and signing would need every member to keep
 //! per-message state the proxy cannot move between members, and no vendor
 //! this proxy targets (SoftHSM2 2.6, p11-kit 0.24) implements them.
-//! C_LoginUser needs tokens with named users, and C_SessionCancel would
-//! have to reach into a member's running call.
+//! C_LoginUser needs tokens with named users.
 
+use super::crypto::cancel_ops;
+use super::object::end_search;
 use crate::error::Rv;
 use crate::instance::enter;
+use crate::wld::failover::Retry;
+use crate::wld::ops::OpKind;
 use cryptoki_sys::*;
 use std::ffi::c_void;
 
@@ -29,7 +33,38 @@ unsupported!(C_LoginUser(
     pUsername: *mut CK_UTF8CHAR,
     ulUsernameLen: CK_ULONG,
 ));
-unsupported!(C_SessionCancel(hSession: CK_SESSION_HANDLE, flags: CK_FLAGS));
+
+/// The operations that each flag of `C_SessionCancel` names. The flags of
+/// message-based operations name none: such operations never start here.
+const CANCEL_FLAGS: [(CK_FLAGS, OpKind); 7] = [
+    (CKF_ENCRYPT, OpKind::Encrypt),
+    (CKF_DECRYPT, OpKind::Decrypt),
+    (CKF_DIGEST, OpKind::Digest),
+    (CKF_SIGN, OpKind::Sign),
+    (CKF_SIGN_RECOVER, OpKind::SignRecover),
+    (CKF_VERIFY, OpKind::Verify),
+    (CKF_VERIFY_RECOVER, OpKind::VerifyRecover),
+];
+
+/// Cancels the session's active operations that `flags` names, and its
+/// search with CKF_FIND_OBJECTS. An operation that is not active counts as
+/// cancelled.
+pub(super) extern "C" fn C_SessionCancel(hSession: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
+    enter("C_SessionCancel", |instance| {
+        instance.session(hSession, Retry::Safe, |session| {
+            let kinds: Vec<OpKind> = CANCEL_FLAGS
+                .iter()
+                .filter(|(flag, _)| flags & flag != 0)
+                .map(|&(_, kind)| kind)
+                .collect();
+            let ended = cancel_ops(session, &kinds);
+            if flags & CKF_FIND_OBJECTS != 0 && session.find.active {
+                end_search(session)?;
+            }
+            ended
+        })
+    })
+}
 unsupported!(C_MessageEncryptInit(
     hSession: CK_SESSION_HANDLE,
     pMechanism: *mut CK_MECHANISM,

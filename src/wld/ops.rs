@@ -276,37 +276,53 @@ macro_rules! call_vendor {
 
 /// Ends the active operation of `kind` on the session's member, for a call
 /// that the proxy rejected before it reached the vendor (a NULL pointer
-/// with a length, a NULL output length).
+/// with a length, a NULL output length) and for a cancel.
 ///
 /// PKCS#11 says such a call ends the operation, like every error other
 /// than CKR_BUFFER_TOO_SMALL, but a vendor that never saw it keeps the
 /// operation, and the application's next init would get
 /// CKR_OPERATION_ACTIVE. No PKCS#11 2.40 function cancels an operation, so
-/// the vendor's final call (C_SignFinal, C_DigestFinal, ...) runs it to
-/// its end into a scratch buffer that is zeroized; a verification gets a
-/// one-byte signature, which every vendor rejects and so ends it.
-pub fn abort(session: &mut Session, kind: OpKind) {
+/// the operation runs to its end into a scratch buffer that is zeroized.
+/// A multi-part operation ends with the vendor's final call (C_SignFinal,
+/// C_DigestFinal, ...). One without parts ends with the single-part call
+/// on 16 zero bytes, because a final call leaves the operation of a
+/// mechanism without a multi-part form (ECDSA) active. A verification gets
+/// a one-byte signature, which every vendor rejects.
+///
+/// Returns false when the vendor may still hold the operation: its output
+/// did not fit the largest scratch buffer, or it lacks the function.
+pub fn abort(session: &mut Session, kind: OpKind) -> bool {
     session.lost[kind as usize] = false;
-    if session.ops[kind as usize].take().is_none() {
-        return;
-    }
+    let Some(op) = session.ops[kind as usize].take() else {
+        return true;
+    };
     let list = session.module().functions();
     let real = session.real;
     let mut scratch = Zeroizing::new(vec![0u8; 4096]);
+    let mut input = [0u8; 16];
     let mut signature = [0u8; 1];
     let mut rv;
     loop {
         let mut len = scratch.len() as CK_ULONG;
         let out = scratch.as_mut_ptr();
+        let data = input.as_mut_ptr();
+        let n = input.len() as CK_ULONG;
         let sig = signature.as_mut_ptr();
-        rv = match kind {
-            OpKind::Encrypt => call_vendor!(list.C_EncryptFinal, real, out, &mut len),
-            OpKind::Decrypt => call_vendor!(list.C_DecryptFinal, real, out, &mut len),
-            OpKind::Digest => call_vendor!(list.C_DigestFinal, real, out, &mut len),
-            OpKind::Sign => call_vendor!(list.C_SignFinal, real, out, &mut len),
-            OpKind::Verify => call_vendor!(list.C_VerifyFinal, real, sig, 1),
-            OpKind::SignRecover => call_vendor!(list.C_SignRecover, real, sig, 1, out, &mut len),
-            OpKind::VerifyRecover => {
+        rv = match (kind, op.updated) {
+            (OpKind::Encrypt, true) => call_vendor!(list.C_EncryptFinal, real, out, &mut len),
+            (OpKind::Encrypt, false) => call_vendor!(list.C_Encrypt, real, data, n, out, &mut len),
+            (OpKind::Decrypt, true) => call_vendor!(list.C_DecryptFinal, real, out, &mut len),
+            (OpKind::Decrypt, false) => call_vendor!(list.C_Decrypt, real, data, n, out, &mut len),
+            (OpKind::Digest, true) => call_vendor!(list.C_DigestFinal, real, out, &mut len),
+            (OpKind::Digest, false) => call_vendor!(list.C_Digest, real, data, n, out, &mut len),
+            (OpKind::Sign, true) => call_vendor!(list.C_SignFinal, real, out, &mut len),
+            (OpKind::Sign, false) => call_vendor!(list.C_Sign, real, data, n, out, &mut len),
+            (OpKind::Verify, true) => call_vendor!(list.C_VerifyFinal, real, sig, 1),
+            (OpKind::Verify, false) => call_vendor!(list.C_Verify, real, data, n, sig, 1),
+            (OpKind::SignRecover, _) => {
+                call_vendor!(list.C_SignRecover, real, sig, 1, out, &mut len)
+            }
+            (OpKind::VerifyRecover, _) => {
                 call_vendor!(list.C_VerifyRecover, real, sig, 1, out, &mut len)
             }
         };
@@ -325,4 +341,5 @@ pub fn abort(session: &mut Session, kind: OpKind) {
             session.handle
         );
     }
+    rv != CKR_BUFFER_TOO_SMALL && rv != CKR_FUNCTION_NOT_SUPPORTED
 }

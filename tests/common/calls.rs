@@ -166,14 +166,14 @@ pub fn session_calls(list: &CK_FUNCTION_LIST_3_0, args: Args) -> Vec<(&'static s
     call!(C_GenerateRandom(h, data, data_len));
     call!(C_GetFunctionStatus(h));
     call!(C_CancelFunction(h));
+    call!(C_SessionCancel(h, CKF_SIGN | CKF_FIND_OBJECTS));
     results.extend(unsupported_3_0_calls(list, args));
     results
 }
 
 /// Names of the PKCS#11 3.0 functions that p11wld does not serve.
-pub const UNSUPPORTED_3_0: [&str; 22] = [
+pub const UNSUPPORTED_3_0: [&str; 21] = [
     "C_LoginUser",
-    "C_SessionCancel",
     "C_MessageEncryptInit",
     "C_EncryptMessage",
     "C_EncryptMessageBegin",
@@ -222,7 +222,6 @@ pub fn unsupported_3_0_calls(
         }};
     }
     call!(C_LoginUser(h, CKU_USER, data, 4, data, 4));
-    call!(C_SessionCancel(h, CKF_SIGN));
     call!(C_MessageEncryptInit(h, mech, args.object));
     call!(C_EncryptMessage(h, param, 8, data, 8, data, 8, data, len));
     call!(C_EncryptMessageBegin(h, param, 8, data, 8));
