@@ -1,0 +1,352 @@
+//! Call sequences run twice in one process: on SoftHSM2 loaded directly and
+//! on a WLD slot of three members. Each step records its return code (and
+//! the lengths and states it returns), and the two records must be equal,
+//! except where a step is marked as a known SoftHSM2 2.6 departure from
+//! PKCS#11 that p11wld does not copy.
+//!
+//! Each sequence first opens one session per member, so a WLD slot spreads
+//! the calls over all three members.
+
+mod common;
+
+use std::ptr::null_mut;
+
+use common::raw::{bytes_attribute, ulong_attribute, Raw};
+use common::setups::DEFAULT_EXTRA;
+use common::softhsm::SOFTHSM2_CONF;
+use common::table::name;
+use common::{paths, ConfigFile, ScopedEnv, SoftHsm, ThreeHsms, SO_PIN, USER_PIN, WLD_LABEL};
+use cryptoki_sys::*;
+
+/// One module under comparison, initialized, with the slot of `WLD_A`.
+struct Target {
+    name: &'static str,
+    list: &'static CK_FUNCTION_LIST,
+    slot: CK_SLOT_ID,
+    _keep: Box<dyn std::any::Any>,
+}
+
+macro_rules! call {
+    ($target:expr, $name:ident ( $($arg:expr),* $(,)? )) => {
+        // SAFETY: the sequences pass pointers that are NULL or valid for the
+        // lengths beside them.
+        unsafe { ($target.list.$name.expect(stringify!($name)))($($arg),*) }
+    };
+}
+
+/// SoftHSM2 loaded directly, over a directory with one `WLD_A` token that
+/// contains the standard key set.
+fn direct_softhsm(softhsm: SoftHsm) -> Target {
+    let conf = ScopedEnv::set(SOFTHSM2_CONF, softhsm.conf_path());
+    // SAFETY: loading SoftHSM2 runs no initializer that depends on the
+    // caller.
+    let library = unsafe { libloading::Library::new(paths::softhsm_module()) }.unwrap();
+    let list = unsafe {
+        let get = *library
+            .get::<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV>(
+                b"C_GetFunctionList\0",
+            )
+            .unwrap();
+        let mut list: *mut CK_FUNCTION_LIST = null_mut();
+        assert_eq!(get(&mut list), CKR_OK);
+        &*list
+    };
+    let mut args = CK_C_INITIALIZE_ARGS {
+        flags: CKF_OS_LOCKING_OK,
+        ..Default::default()
+    };
+    let rv = unsafe { list.C_Initialize.unwrap()((&mut args as *mut CK_C_INITIALIZE_ARGS).cast()) };
+    assert_eq!(rv, CKR_OK, "C_Initialize of SoftHSM2");
+    let mut target = Target {
+        name: "SoftHSM2",
+        list,
+        slot: 0,
+        _keep: Box::new((library, conf, softhsm)),
+    };
+    target.slot = slot_of_label(&target);
+    target
+}
+
+/// p11wld over three HSM processes, each with one `WLD_A` token.
+fn wld_slot(hsms: ThreeHsms) -> Target {
+    let config: ConfigFile = hsms.write_config(DEFAULT_EXTRA);
+    let env = config.set_env();
+    let raw = Raw::load();
+    assert_eq!(raw.initialize(), CKR_OK, "C_Initialize of p11wld");
+    let list: &'static CK_FUNCTION_LIST = raw.list;
+    let mut target = Target {
+        name: "WLD slot",
+        list,
+        slot: 0,
+        _keep: Box::new((raw, env, config, hsms)),
+    };
+    target.slot = slot_of_label(&target);
+    target
+}
+
+fn slot_of_label(target: &Target) -> CK_SLOT_ID {
+    let mut slots = [0 as CK_SLOT_ID; 16];
+    let mut count = slots.len() as CK_ULONG;
+    assert_eq!(
+        call!(
+            target,
+            C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut count)
+        ),
+        CKR_OK
+    );
+    for &slot in &slots[..count as usize] {
+        let mut info = CK_TOKEN_INFO::default();
+        assert_eq!(call!(target, C_GetTokenInfo(slot, &mut info)), CKR_OK);
+        if info.label.starts_with(WLD_LABEL.as_bytes())
+            && info.label[WLD_LABEL.len()..].iter().all(|&b| b == b' ')
+        {
+            return slot;
+        }
+    }
+    panic!("{}: no token labelled {WLD_LABEL}", target.name);
+}
+
+/// What one sequence observed, step by step.
+#[derive(Default)]
+struct Record {
+    lines: Vec<String>,
+}
+
+impl Record {
+    fn rv(&mut self, step: &str, rv: CK_RV) {
+        self.lines.push(format!("{step}: {}", name(rv)));
+    }
+
+    fn note(&mut self, step: &str, value: impl std::fmt::Debug) {
+        self.lines.push(format!("{step}: {value:?}"));
+    }
+}
+
+/// Runs `sequence` on both targets and asserts that they observed the same.
+/// Each step of `softhsm_departures` is one where SoftHSM2 2.6 departs from
+/// PKCS#11, so the WLD slot must return the code given there instead.
+fn compare(sequence: impl Fn(&Target, &mut Record), softhsm_departures: &[(&str, CK_RV)]) {
+    // The fixture sets up tokens with SoftHSM2 in this process, so every
+    // token exists before either target loads a module.
+    let hsms = common::three_hsm_processes(false);
+    let softhsm = SoftHsm::new();
+    softhsm.init_token_with_key_set(WLD_LABEL, SO_PIN, USER_PIN);
+    let direct = direct_softhsm(softhsm);
+    let wld = wld_slot(hsms);
+
+    let mut expected = Record::default();
+    sequence(&direct, &mut expected);
+    let mut actual = Record::default();
+    sequence(&wld, &mut actual);
+
+    let mut differences = Vec::new();
+    for (i, line) in expected.lines.iter().enumerate() {
+        let other = actual
+            .lines
+            .get(i)
+            .map(String::as_str)
+            .unwrap_or("(missing)");
+        let departure = softhsm_departures
+            .iter()
+            .find(|(step, _)| line.starts_with(&format!("{step}:")));
+        let wanted = match departure {
+            Some((step, rv)) => format!("{step}: {}", name(*rv)),
+            None => line.clone(),
+        };
+        if other != wanted {
+            differences.push(format!(
+                "  {}: {line}\n  {}: {other}",
+                direct.name, wld.name
+            ));
+        }
+    }
+    if actual.lines.len() > expected.lines.len() {
+        differences.push(format!(
+            "extra steps: {:?}",
+            &actual.lines[expected.lines.len()..]
+        ));
+    }
+    assert!(
+        differences.is_empty(),
+        "the WLD slot differs from SoftHSM2 in {} steps:\n{}\nfull record:\n{}",
+        differences.len(),
+        differences.join("\n"),
+        actual.lines.join("\n")
+    );
+}
+
+fn open(target: &Target, flags: CK_FLAGS) -> CK_SESSION_HANDLE {
+    let mut session = 0;
+    let rv = call!(
+        target,
+        C_OpenSession(target.slot, flags, null_mut(), None, &mut session)
+    );
+    assert_eq!(rv, CKR_OK, "{}: C_OpenSession", target.name);
+    session
+}
+
+fn open_rv(target: &Target, flags: CK_FLAGS) -> CK_RV {
+    let mut session = 0;
+    let rv = call!(
+        target,
+        C_OpenSession(target.slot, flags, null_mut(), None, &mut session)
+    );
+    if rv == CKR_OK {
+        call!(target, C_CloseSession(session));
+    }
+    rv
+}
+
+const RW: CK_FLAGS = CKF_SERIAL_SESSION | CKF_RW_SESSION;
+const RO: CK_FLAGS = CKF_SERIAL_SESSION;
+
+fn login(target: &Target, session: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &str) -> CK_RV {
+    call!(
+        target,
+        C_Login(
+            session,
+            user,
+            pin.as_ptr().cast_mut(),
+            pin.len() as CK_ULONG
+        )
+    )
+}
+
+/// Returns the session's state and flags, or the call's error.
+fn session_info(
+    target: &Target,
+    session: CK_SESSION_HANDLE,
+) -> Result<(CK_STATE, CK_FLAGS), String> {
+    let mut info = CK_SESSION_INFO::default();
+    match call!(target, C_GetSessionInfo(session, &mut info)) {
+        CKR_OK => Ok((info.state, info.flags)),
+        rv => Err(name(rv)),
+    }
+}
+
+/// Finds the objects that match a class (and a label, when given).
+fn find(
+    target: &Target,
+    session: CK_SESSION_HANDLE,
+    class: CK_OBJECT_CLASS,
+    label: Option<&str>,
+) -> Result<Vec<CK_OBJECT_HANDLE>, CK_RV> {
+    let mut class = class;
+    let mut label_bytes = label.unwrap_or("").as_bytes().to_vec();
+    let mut template = vec![ulong_attribute(CKA_CLASS, &mut class)];
+    if label.is_some() {
+        template.push(bytes_attribute(CKA_LABEL, &mut label_bytes));
+    }
+    let rv = call!(
+        target,
+        C_FindObjectsInit(session, template.as_mut_ptr(), template.len() as CK_ULONG)
+    );
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    let mut found = Vec::new();
+    loop {
+        let mut batch = [0 as CK_OBJECT_HANDLE; 8];
+        let mut count = 0;
+        let rv = call!(
+            target,
+            C_FindObjects(session, batch.as_mut_ptr(), 8, &mut count)
+        );
+        if rv != CKR_OK {
+            return Err(rv);
+        }
+        if count == 0 {
+            break;
+        }
+        found.extend_from_slice(&batch[..count as usize]);
+    }
+    let rv = call!(target, C_FindObjectsFinal(session));
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    Ok(found)
+}
+
+/// Records how many objects of `class` a search through `session` finds.
+fn count_objects(
+    record: &mut Record,
+    step: &str,
+    target: &Target,
+    session: CK_SESSION_HANDLE,
+    class: CK_OBJECT_CLASS,
+) {
+    match find(target, session, class, None) {
+        Ok(found) => record.note(step, found.len()),
+        Err(rv) => record.rv(step, rv),
+    }
+}
+
+isolated! {
+    /// Checks the login rules of one token. One login serves every session,
+    /// and a second login or another user type gets its own code. An SO
+    /// login needs every session read-write, and then every session runs SO
+    /// functions.
+    fn login_rules_match_softhsm() {
+        compare(
+            |t, r| {
+                let s: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RW)).collect();
+                r.rv("user login", login(t, s[0], CKU_USER, USER_PIN));
+                r.rv("user login in a second session", login(t, s[1], CKU_USER, USER_PIN));
+                r.rv("user login with a wrong PIN", login(t, s[2], CKU_USER, "000000"));
+                r.rv("SO login while the user is", login(t, s[2], CKU_SO, SO_PIN));
+                for (i, &session) in s.iter().enumerate() {
+                    r.note(&format!("state of session {i}"), session_info(t, session));
+                    count_objects(r, &format!("private keys seen by session {i}"), t, session, CKO_PRIVATE_KEY);
+                }
+                r.rv("logout", call!(t, C_Logout(s[1])));
+                r.rv("logout again", call!(t, C_Logout(s[2])));
+                count_objects(r, "private keys after logout", t, s[2], CKO_PRIVATE_KEY);
+
+                let ro = open(t, RO);
+                r.rv("SO login with a read-only session", login(t, s[0], CKU_SO, SO_PIN));
+                r.rv("close the read-only session", call!(t, C_CloseSession(ro)));
+                r.rv("SO login", login(t, s[0], CKU_SO, SO_PIN));
+                r.rv("user login while the SO is", login(t, s[1], CKU_USER, USER_PIN));
+                r.rv("read-only session while the SO is", open_rv(t, RO));
+                for (i, &session) in s.iter().enumerate() {
+                    r.note(&format!("SO state of session {i}"), session_info(t, session));
+                    let pin = USER_PIN;
+                    let rv = call!(t, C_InitPIN(session, pin.as_ptr().cast_mut(), pin.len() as CK_ULONG));
+                    r.rv(&format!("C_InitPIN in session {i}"), rv);
+                }
+                r.rv("SO logout", call!(t, C_Logout(s[2])));
+                r.rv("user login after the SO", login(t, s[2], CKU_USER, USER_PIN));
+                count_objects(r, "private keys after the SO", t, s[0], CKO_PRIVATE_KEY);
+            },
+            // SoftHSM2 2.6 returns CKR_OK for C_Logout without a login.
+            &[("logout again", CKR_USER_NOT_LOGGED_IN)],
+        );
+    }
+
+    /// Checks that C_CloseAllSessions ends every session and the login, so
+    /// sessions opened afterwards start logged out.
+    fn close_all_sessions_then_use() {
+        compare(
+            |t, r| {
+                let s: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RW)).collect();
+                r.rv("login", login(t, s[0], CKU_USER, USER_PIN));
+                r.rv("C_CloseAllSessions", call!(t, C_CloseAllSessions(t.slot)));
+                for (i, &session) in s.iter().enumerate() {
+                    r.note(&format!("closed session {i}"), session_info(t, session));
+                    r.rv(&format!("C_CloseSession of closed session {i}"), call!(t, C_CloseSession(session)));
+                }
+                let mut info = CK_TOKEN_INFO::default();
+                r.rv("C_GetTokenInfo", call!(t, C_GetTokenInfo(t.slot, &mut info)));
+                let fresh: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RO)).collect();
+                for (i, &session) in fresh.iter().enumerate() {
+                    r.note(&format!("new session {i}"), session_info(t, session));
+                }
+                r.rv("login again", login(t, fresh[2], CKU_USER, USER_PIN));
+                count_objects(r, "private keys", t, fresh[0], CKO_PRIVATE_KEY);
+                r.rv("C_CloseAllSessions again", call!(t, C_CloseAllSessions(t.slot)));
+                r.rv("C_CloseAllSessions without sessions", call!(t, C_CloseAllSessions(t.slot)));
+            },
+            &[],
+        );
+    }
+}
