@@ -11,7 +11,7 @@ mod common;
 
 use std::ptr::null_mut;
 
-use common::raw::{bytes_attribute, ulong_attribute, Raw};
+use common::raw::{bool_attribute, bytes_attribute, mechanism, ulong_attribute, Raw};
 use common::setups::DEFAULT_EXTRA;
 use common::softhsm::SOFTHSM2_CONF;
 use common::table::name;
@@ -149,11 +149,11 @@ fn compare(sequence: impl Fn(&Target, &mut Record), softhsm_departures: &[(&str,
         let departure = softhsm_departures
             .iter()
             .find(|(step, _)| line.starts_with(&format!("{step}:")));
-        let wanted = match departure {
+        let required = match departure {
             Some((step, rv)) => format!("{step}: {}", name(*rv)),
             None => line.clone(),
         };
-        if other != wanted {
+        if other != required {
             differences.push(format!(
                 "  {}: {line}\n  {}: {other}",
                 direct.name, wld.name
@@ -290,6 +290,7 @@ isolated! {
         compare(
             |t, r| {
                 let s: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RW)).collect();
+                r.rv("user login with an empty PIN", login(t, s[0], CKU_USER, ""));
                 r.rv("user login", login(t, s[0], CKU_USER, USER_PIN));
                 r.rv("user login in a second session", login(t, s[1], CKU_USER, USER_PIN));
                 r.rv("user login with a wrong PIN", login(t, s[2], CKU_USER, "000000"));
@@ -345,6 +346,115 @@ isolated! {
                 count_objects(r, "private keys", t, fresh[0], CKO_PRIVATE_KEY);
                 r.rv("C_CloseAllSessions again", call!(t, C_CloseAllSessions(t.slot)));
                 r.rv("C_CloseAllSessions without sessions", call!(t, C_CloseAllSessions(t.slot)));
+            },
+            &[],
+        );
+    }
+}
+
+/// Generates an RSA key pair of session objects whose private key needs
+/// re-authentication (CKA_ALWAYS_AUTHENTICATE) for every signature, and
+/// returns the private key.
+fn always_authenticate_key(
+    r: &mut Record,
+    t: &Target,
+    session: CK_SESSION_HANDLE,
+) -> CK_OBJECT_HANDLE {
+    let mut bits: CK_ULONG = 1024;
+    let mut exponent = [1u8, 0, 1];
+    let mut public_flags = [CK_FALSE, CK_TRUE];
+    let [public_token, verify] = &mut public_flags;
+    let mut public = [
+        bool_attribute(CKA_TOKEN, public_token),
+        bool_attribute(CKA_VERIFY, verify),
+        ulong_attribute(CKA_MODULUS_BITS, &mut bits),
+        bytes_attribute(CKA_PUBLIC_EXPONENT, &mut exponent),
+    ];
+
+    let mut private_flags = [CK_FALSE, CK_TRUE, CK_TRUE, CK_TRUE];
+    let [private_token, private, sign, always_authenticate] = &mut private_flags;
+    let mut private = [
+        bool_attribute(CKA_TOKEN, private_token),
+        bool_attribute(CKA_PRIVATE, private),
+        bool_attribute(CKA_SIGN, sign),
+        bool_attribute(CKA_ALWAYS_AUTHENTICATE, always_authenticate),
+    ];
+
+    let mut generate = mechanism(CKM_RSA_PKCS_KEY_PAIR_GEN);
+    let (mut public_key, mut private_key) = (0, 0);
+    let rv = call!(
+        t,
+        C_GenerateKeyPair(
+            session,
+            &mut generate,
+            public.as_mut_ptr(),
+            public.len() as CK_ULONG,
+            private.as_mut_ptr(),
+            private.len() as CK_ULONG,
+            &mut public_key,
+            &mut private_key
+        )
+    );
+    r.rv("C_GenerateKeyPair", rv);
+    private_key
+}
+
+/// Signs `data` in the session's active signing operation by the two-call
+/// convention and records each step.
+fn sign(r: &mut Record, t: &Target, session: CK_SESSION_HANDLE, step: &str, data: &[u8]) {
+    let mut length: CK_ULONG = 0;
+    let rv = call!(
+        t,
+        C_Sign(
+            session,
+            data.as_ptr().cast_mut(),
+            data.len() as CK_ULONG,
+            null_mut(),
+            &mut length
+        )
+    );
+    r.rv(&format!("{step}: length query"), rv);
+    r.note(&format!("{step}: length"), length);
+    let mut signature = vec![0u8; length as usize];
+    let rv = call!(
+        t,
+        C_Sign(
+            session,
+            data.as_ptr().cast_mut(),
+            data.len() as CK_ULONG,
+            signature.as_mut_ptr(),
+            &mut length
+        )
+    );
+    r.rv(&format!("{step}: signature"), rv);
+}
+
+isolated! {
+    /// Checks that a re-authentication for one operation (CKU_CONTEXT_SPECIFIC)
+    /// leaves the login as it was, so C_Logout still ends it everywhere.
+    fn context_specific_login_then_logout() {
+        compare(
+            |t, r| {
+                let s: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RW)).collect();
+                r.rv("re-authentication before the login", login(t, s[1], CKU_CONTEXT_SPECIFIC, USER_PIN));
+                r.rv("login", login(t, s[0], CKU_USER, USER_PIN));
+                let key = always_authenticate_key(r, t, s[1]);
+                r.rv("re-authentication without an operation", login(t, s[1], CKU_CONTEXT_SPECIFIC, USER_PIN));
+
+                let mut sha256_rsa = mechanism(CKM_SHA256_RSA_PKCS);
+                r.rv("C_SignInit", call!(t, C_SignInit(s[1], &mut sha256_rsa, key)));
+                r.rv("re-authentication", login(t, s[1], CKU_CONTEXT_SPECIFIC, USER_PIN));
+                sign(r, t, s[1], "sign after re-authentication", b"message");
+                r.rv("C_SignInit again", call!(t, C_SignInit(s[1], &mut sha256_rsa, key)));
+                sign(r, t, s[1], "sign without re-authentication", b"message");
+
+                r.rv("logout", call!(t, C_Logout(s[0])));
+                for (i, &session) in s.iter().enumerate() {
+                    r.note(&format!("state of session {i}"), session_info(t, session));
+                    count_objects(r, &format!("private keys seen by session {i}"), t, session, CKO_PRIVATE_KEY);
+                }
+                r.rv("login again", login(t, s[2], CKU_USER, USER_PIN));
+                count_objects(r, "private keys after the second login", t, s[1], CKO_PRIVATE_KEY);
             },
             &[],
         );
