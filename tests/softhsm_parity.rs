@@ -460,3 +460,120 @@ isolated! {
         );
     }
 }
+
+/// Finds the one object of `class` labelled `label`.
+fn find_one(
+    t: &Target,
+    session: CK_SESSION_HANDLE,
+    class: CK_OBJECT_CLASS,
+    label: &str,
+) -> CK_OBJECT_HANDLE {
+    let found = find(t, session, class, Some(label)).expect("search");
+    assert_eq!(found.len(), 1, "{}: objects labelled {label}", t.name);
+    found[0]
+}
+
+/// Runs a single-part call with output by the two-call convention: a
+/// length query, a buffer one byte short, then a buffer of the exact length.
+fn two_calls(r: &mut Record, step: &str, mut run: impl FnMut(*mut u8, *mut CK_ULONG) -> CK_RV) {
+    let mut length: CK_ULONG = 0;
+    r.rv(
+        &format!("{step}: length query"),
+        run(null_mut(), &mut length),
+    );
+    r.note(&format!("{step}: length"), length);
+    let mut output = vec![0u8; length as usize + 1];
+    let mut short = length.saturating_sub(1);
+    r.rv(
+        &format!("{step}: short buffer"),
+        run(output.as_mut_ptr(), &mut short),
+    );
+    r.note(&format!("{step}: length after the short buffer"), short);
+    let mut exact = length;
+    r.rv(
+        &format!("{step}: exact buffer"),
+        run(output.as_mut_ptr(), &mut exact),
+    );
+    r.note(&format!("{step}: length written"), exact);
+}
+
+isolated! {
+    /// Checks the operation rules of one session: one operation of a kind
+    /// at a time, the two-call convention of single-part calls, and the
+    /// codes of calls without an active operation.
+    fn operation_state_matches_softhsm() {
+        compare(
+            |t, r| {
+                let s: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RO)).collect();
+                r.rv("login", login(t, s[0], CKU_USER, USER_PIN));
+                let key = find_one(t, s[0], CKO_PRIVATE_KEY, "rsa-key");
+                let public = find_one(t, s[0], CKO_PUBLIC_KEY, "rsa-key");
+                let mut data = *b"data to sign";
+                let data_len = data.len() as CK_ULONG;
+                let data_ptr = data.as_mut_ptr();
+                let mut sha256_rsa = mechanism(CKM_SHA256_RSA_PKCS);
+                let mut raw_rsa = mechanism(CKM_RSA_PKCS);
+                let session = s[1];
+
+                r.rv("C_Sign without C_SignInit", call!(t, C_Sign(session, data_ptr, data_len, null_mut(), &mut 0)));
+                r.rv("C_SignUpdate without C_SignInit", call!(t, C_SignUpdate(session, data_ptr, data_len)));
+                r.rv("C_SignFinal without C_SignInit", call!(t, C_SignFinal(session, null_mut(), &mut 0)));
+                r.rv("C_SignInit with a public key", call!(t, C_SignInit(session, &mut sha256_rsa, public)));
+
+                r.rv("C_SignInit", call!(t, C_SignInit(session, &mut sha256_rsa, key)));
+                r.rv("C_SignInit twice", call!(t, C_SignInit(session, &mut sha256_rsa, key)));
+                r.rv("C_DigestInit while signing", call!(t, C_DigestInit(session, &mut mechanism(CKM_SHA256))));
+                two_calls(r, "C_Sign", |out, len| call!(t, C_Sign(session, data_ptr, data_len, out, len)));
+                r.rv("C_Sign after the signature", call!(t, C_Sign(session, data_ptr, data_len, null_mut(), &mut 0)));
+                r.rv("C_SignUpdate after the signature", call!(t, C_SignUpdate(session, data_ptr, data_len)));
+
+                r.rv("C_SignInit for parts", call!(t, C_SignInit(session, &mut sha256_rsa, key)));
+                r.rv("C_SignUpdate", call!(t, C_SignUpdate(session, data_ptr, data_len)));
+                r.rv("C_SignUpdate of no bytes", call!(t, C_SignUpdate(session, data_ptr, 0)));
+                two_calls(r, "C_SignFinal", |out, len| call!(t, C_SignFinal(session, out, len)));
+                r.rv("C_SignFinal after the signature", call!(t, C_SignFinal(session, null_mut(), &mut 0)));
+
+                r.rv("C_SignInit, then a length query", call!(t, C_SignInit(session, &mut sha256_rsa, key)));
+                let mut length: CK_ULONG = 0;
+                r.rv("C_Sign length query", call!(t, C_Sign(session, data_ptr, data_len, null_mut(), &mut length)));
+                r.rv("C_SignUpdate after the length query", call!(t, C_SignUpdate(session, data_ptr, data_len)));
+                two_calls(r, "C_SignFinal after the length query", |out, len| call!(t, C_SignFinal(session, out, len)));
+
+                r.rv("C_SignInit for raw RSA", call!(t, C_SignInit(session, &mut raw_rsa, key)));
+                r.rv("C_SignUpdate of raw RSA", call!(t, C_SignUpdate(session, data_ptr, data_len)));
+                r.rv("C_Sign after the rejected update", call!(t, C_Sign(session, data_ptr, data_len, null_mut(), &mut 0)));
+
+                let mut signature = [0u8; 256];
+                r.rv("C_VerifyInit", call!(t, C_VerifyInit(session, &mut sha256_rsa, public)));
+                r.rv("C_Verify of a wrong signature", call!(t, C_Verify(session, data_ptr, data_len, signature.as_mut_ptr(), 256)));
+                r.rv("C_VerifyInit again", call!(t, C_VerifyInit(session, &mut sha256_rsa, public)));
+                r.rv("C_Verify of a short signature", call!(t, C_Verify(session, data_ptr, data_len, signature.as_mut_ptr(), 10)));
+                r.rv("C_Verify after the failure", call!(t, C_Verify(session, data_ptr, data_len, signature.as_mut_ptr(), 256)));
+
+                let mut sha256 = mechanism(CKM_SHA256);
+                r.rv("C_DigestInit", call!(t, C_DigestInit(session, &mut sha256)));
+                two_calls(r, "C_Digest", |out, len| call!(t, C_Digest(session, data_ptr, data_len, out, len)));
+                r.rv("C_DigestUpdate after the digest", call!(t, C_DigestUpdate(session, data_ptr, data_len)));
+
+                let mut class = CKO_PUBLIC_KEY;
+                let mut template = [ulong_attribute(CKA_CLASS, &mut class)];
+                r.rv("C_FindObjects without C_FindObjectsInit", call!(t, C_FindObjects(session, &mut 0, 1, &mut 0)));
+                r.rv("C_FindObjectsFinal without C_FindObjectsInit", call!(t, C_FindObjectsFinal(session)));
+                r.rv("C_FindObjectsInit", call!(t, C_FindObjectsInit(session, template.as_mut_ptr(), 1)));
+                r.rv("C_FindObjectsInit twice", call!(t, C_FindObjectsInit(session, template.as_mut_ptr(), 1)));
+                r.rv("C_SignInit while searching", call!(t, C_SignInit(session, &mut sha256_rsa, key)));
+                let mut found = [0 as CK_OBJECT_HANDLE; 1];
+                let mut count: CK_ULONG = 0;
+                r.rv("C_FindObjects of one", call!(t, C_FindObjects(session, found.as_mut_ptr(), 1, &mut count)));
+                r.note("objects found", count);
+                r.rv("C_FindObjectsFinal", call!(t, C_FindObjectsFinal(session)));
+                r.rv("C_FindObjectsFinal twice", call!(t, C_FindObjectsFinal(session)));
+                r.rv("C_FindObjects after the search", call!(t, C_FindObjects(session, found.as_mut_ptr(), 1, &mut count)));
+                r.rv("C_SignInit with handle 0", call!(t, C_SignInit(session, &mut sha256_rsa, 0)));
+            },
+            // SoftHSM2 2.6 returns CKR_OBJECT_HANDLE_INVALID for an invalid
+            // key handle.
+            &[("C_SignInit with handle 0", CKR_KEY_HANDLE_INVALID)],
+        );
+    }
+}
