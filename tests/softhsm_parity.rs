@@ -577,3 +577,134 @@ isolated! {
         );
     }
 }
+
+/// Creates a data object with `label` and records the result; returns its
+/// handle, 0 when the call failed.
+fn create_data(r: &mut Record, step: &str, t: &Target, session: CK_SESSION_HANDLE, token: bool, label: &str) -> CK_OBJECT_HANDLE {
+    let mut class = CKO_DATA;
+    let mut token = if token { CK_TRUE } else { CK_FALSE };
+    let mut label = label.as_bytes().to_vec();
+    let mut value = b"data value".to_vec();
+    let mut template = [
+        ulong_attribute(CKA_CLASS, &mut class),
+        bool_attribute(CKA_TOKEN, &mut token),
+        bytes_attribute(CKA_LABEL, &mut label),
+        bytes_attribute(CKA_VALUE, &mut value),
+    ];
+    let mut object = 0;
+    let rv = call!(t, C_CreateObject(session, template.as_mut_ptr(), template.len() as CK_ULONG, &mut object));
+    r.rv(step, rv);
+    object
+}
+
+/// Reads one attribute by the two-call convention and records the length
+/// and the value, or the error.
+fn read_attribute(r: &mut Record, step: &str, t: &Target, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, kind: CK_ATTRIBUTE_TYPE) {
+    let mut template = [CK_ATTRIBUTE { type_: kind, pValue: null_mut(), ulValueLen: 0 }];
+    let rv = call!(t, C_GetAttributeValue(session, object, template.as_mut_ptr(), 1));
+    r.rv(&format!("{step}: length query"), rv);
+    r.note(&format!("{step}: length"), template[0].ulValueLen);
+    if rv != CKR_OK {
+        return;
+    }
+    let mut value = vec![0u8; template[0].ulValueLen as usize];
+    template[0].pValue = value.as_mut_ptr().cast();
+    let rv = call!(t, C_GetAttributeValue(session, object, template.as_mut_ptr(), 1));
+    r.rv(&format!("{step}: value"), rv);
+    r.note(&format!("{step}: value"), String::from_utf8_lossy(&value));
+}
+
+/// Sets CKA_LABEL of `object` and records the result.
+fn set_label(r: &mut Record, step: &str, t: &Target, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, label: &str) {
+    let mut label = label.as_bytes().to_vec();
+    let mut template = [bytes_attribute(CKA_LABEL, &mut label)];
+    r.rv(step, call!(t, C_SetAttributeValue(session, object, template.as_mut_ptr(), 1)));
+}
+
+/// Copies `object` with `template` and records the result; returns the
+/// copy, 0 when the call failed.
+fn copy(r: &mut Record, step: &str, t: &Target, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: &mut [CK_ATTRIBUTE]) -> CK_OBJECT_HANDLE {
+    let mut new = 0;
+    // An empty template is passed as a valid pointer with count 0, because
+    // SoftHSM2 2.6 rejects a NULL template with CKR_ARGUMENTS_BAD.
+    let mut unused = [CK_ATTRIBUTE::default()];
+    let template_ptr = if template.is_empty() { unused.as_mut_ptr() } else { template.as_mut_ptr() };
+    let rv = call!(t, C_CopyObject(session, object, template_ptr, template.len() as CK_ULONG, &mut new));
+    r.rv(step, rv);
+    new
+}
+
+isolated! {
+    /// Checks object management as one token does it: writes to token
+    /// objects rejected in a read-only session, session objects usable in
+    /// every session, copies, attribute changes, and attribute reads of
+    /// sensitive and unknown attributes by the two-call convention.
+    fn objects_and_attributes_match_softhsm() {
+        compare(
+            |t, r| {
+                let s: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RO)).collect();
+                r.rv("login", login(t, s[0], CKU_USER, USER_PIN));
+                let public = find_one(t, s[0], CKO_PUBLIC_KEY, "rsa-key");
+                let private = find_one(t, s[0], CKO_PRIVATE_KEY, "rsa-key");
+
+                create_data(r, "token object in a read-only session", t, s[0], true, "token data");
+                let data = create_data(r, "session object in a read-only session", t, s[0], false, "session data");
+                for (i, &session) in s.iter().enumerate() {
+                    read_attribute(r, &format!("session object in session {i}"), t, session, data, CKA_VALUE);
+                }
+                set_label(r, "label of a token object in a read-only session", t, s[0], public, "renamed");
+                r.rv("C_DestroyObject of a token object in a read-only session", call!(t, C_DestroyObject(s[0], public)));
+                copy(r, "copy of a token object as it is", t, s[0], public, &mut []);
+                let mut token = CK_TRUE;
+                copy(r, "copy to a token object", t, s[0], public, &mut [bool_attribute(CKA_TOKEN, &mut token)]);
+                let mut no = CK_FALSE;
+                let mut label = b"copy".to_vec();
+                let copied = copy(
+                    r,
+                    "copy to a session object",
+                    t,
+                    s[0],
+                    public,
+                    &mut [bool_attribute(CKA_TOKEN, &mut no), bytes_attribute(CKA_LABEL, &mut label)],
+                );
+                read_attribute(r, "label of the copy", t, s[0], copied, CKA_LABEL);
+                read_attribute(r, "label of the copy in another session", t, s[2], copied, CKA_LABEL);
+                set_label(r, "label of the copy", t, s[0], copied, "renamed copy");
+                read_attribute(r, "new label of the copy", t, s[0], copied, CKA_LABEL);
+                r.note("copies by the old label", find(t, s[0], CKO_PUBLIC_KEY, Some("copy")).map(|f| f.len()));
+                r.note("copies by the new label", find(t, s[0], CKO_PUBLIC_KEY, Some("renamed copy")).map(|f| f.len()));
+                read_attribute(r, "modulus of the copy", t, s[0], copied, CKA_MODULUS_BITS);
+                let mut size: CK_ULONG = 0;
+                r.rv("C_GetObjectSize of the copy", call!(t, C_GetObjectSize(s[0], copied, &mut size)));
+                r.rv("C_DestroyObject of the copy", call!(t, C_DestroyObject(s[0], copied)));
+                read_attribute(r, "label of the destroyed copy", t, s[0], copied, CKA_LABEL);
+                read_attribute(r, "label of the destroyed copy in another session", t, s[1], copied, CKA_LABEL);
+
+                read_attribute(r, "private exponent", t, s[1], private, CKA_PRIVATE_EXPONENT);
+                read_attribute(r, "unknown attribute", t, s[1], private, 0x8765_4321);
+                read_attribute(r, "value of a public key", t, s[1], public, CKA_VALUE);
+                let mut label = [0u8; 7];
+                let mut short = [0u8; 6];
+                let mut template = [
+                    CK_ATTRIBUTE { type_: CKA_LABEL, pValue: label.as_mut_ptr().cast(), ulValueLen: 7 },
+                    CK_ATTRIBUTE { type_: CKA_PRIVATE_EXPONENT, pValue: null_mut(), ulValueLen: 0 },
+                    CK_ATTRIBUTE { type_: CKA_ID, pValue: null_mut(), ulValueLen: 0 },
+                    CK_ATTRIBUTE { type_: CKA_MODULUS, pValue: short.as_mut_ptr().cast(), ulValueLen: 6 },
+                ];
+                let rv = call!(t, C_GetAttributeValue(s[2], private, template.as_mut_ptr(), 4));
+                r.rv("mixed template", rv);
+                let lengths: Vec<CK_ULONG> = template.iter().map(|a| a.ulValueLen).collect();
+                r.note("mixed template lengths", lengths);
+                r.note("mixed template label", String::from_utf8_lossy(&label));
+
+                let rw = open(t, RW);
+                let mut no = CK_FALSE;
+                let mut template = [bool_attribute(CKA_SENSITIVE, &mut no)];
+                r.rv("CKA_SENSITIVE set to false", call!(t, C_SetAttributeValue(rw, private, template.as_mut_ptr(), 1)));
+                r.rv("close the session of the session object", call!(t, C_CloseSession(s[0])));
+                read_attribute(r, "session object after its session closed", t, s[1], data, CKA_VALUE);
+            },
+            &[],
+        );
+    }
+}
