@@ -580,7 +580,14 @@ isolated! {
 
 /// Creates a data object with `label` and records the result; returns its
 /// handle, 0 when the call failed.
-fn create_data(r: &mut Record, step: &str, t: &Target, session: CK_SESSION_HANDLE, token: bool, label: &str) -> CK_OBJECT_HANDLE {
+fn create_data(
+    r: &mut Record,
+    step: &str,
+    t: &Target,
+    session: CK_SESSION_HANDLE,
+    token: bool,
+    label: &str,
+) -> CK_OBJECT_HANDLE {
     let mut class = CKO_DATA;
     let mut token = if token { CK_TRUE } else { CK_FALSE };
     let mut label = label.as_bytes().to_vec();
@@ -592,16 +599,38 @@ fn create_data(r: &mut Record, step: &str, t: &Target, session: CK_SESSION_HANDL
         bytes_attribute(CKA_VALUE, &mut value),
     ];
     let mut object = 0;
-    let rv = call!(t, C_CreateObject(session, template.as_mut_ptr(), template.len() as CK_ULONG, &mut object));
+    let rv = call!(
+        t,
+        C_CreateObject(
+            session,
+            template.as_mut_ptr(),
+            template.len() as CK_ULONG,
+            &mut object
+        )
+    );
     r.rv(step, rv);
     object
 }
 
 /// Reads one attribute by the two-call convention and records the length
 /// and the value, or the error.
-fn read_attribute(r: &mut Record, step: &str, t: &Target, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, kind: CK_ATTRIBUTE_TYPE) {
-    let mut template = [CK_ATTRIBUTE { type_: kind, pValue: null_mut(), ulValueLen: 0 }];
-    let rv = call!(t, C_GetAttributeValue(session, object, template.as_mut_ptr(), 1));
+fn read_attribute(
+    r: &mut Record,
+    step: &str,
+    t: &Target,
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    kind: CK_ATTRIBUTE_TYPE,
+) {
+    let mut template = [CK_ATTRIBUTE {
+        type_: kind,
+        pValue: null_mut(),
+        ulValueLen: 0,
+    }];
+    let rv = call!(
+        t,
+        C_GetAttributeValue(session, object, template.as_mut_ptr(), 1)
+    );
     r.rv(&format!("{step}: length query"), rv);
     r.note(&format!("{step}: length"), template[0].ulValueLen);
     if rv != CKR_OK {
@@ -609,27 +638,63 @@ fn read_attribute(r: &mut Record, step: &str, t: &Target, session: CK_SESSION_HA
     }
     let mut value = vec![0u8; template[0].ulValueLen as usize];
     template[0].pValue = value.as_mut_ptr().cast();
-    let rv = call!(t, C_GetAttributeValue(session, object, template.as_mut_ptr(), 1));
+    let rv = call!(
+        t,
+        C_GetAttributeValue(session, object, template.as_mut_ptr(), 1)
+    );
     r.rv(&format!("{step}: value"), rv);
     r.note(&format!("{step}: value"), String::from_utf8_lossy(&value));
 }
 
 /// Sets CKA_LABEL of `object` and records the result.
-fn set_label(r: &mut Record, step: &str, t: &Target, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, label: &str) {
+fn set_label(
+    r: &mut Record,
+    step: &str,
+    t: &Target,
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    label: &str,
+) {
     let mut label = label.as_bytes().to_vec();
     let mut template = [bytes_attribute(CKA_LABEL, &mut label)];
-    r.rv(step, call!(t, C_SetAttributeValue(session, object, template.as_mut_ptr(), 1)));
+    r.rv(
+        step,
+        call!(
+            t,
+            C_SetAttributeValue(session, object, template.as_mut_ptr(), 1)
+        ),
+    );
 }
 
 /// Copies `object` with `template` and records the result; returns the
 /// copy, 0 when the call failed.
-fn copy(r: &mut Record, step: &str, t: &Target, session: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE, template: &mut [CK_ATTRIBUTE]) -> CK_OBJECT_HANDLE {
+fn copy(
+    r: &mut Record,
+    step: &str,
+    t: &Target,
+    session: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    template: &mut [CK_ATTRIBUTE],
+) -> CK_OBJECT_HANDLE {
     let mut new = 0;
     // An empty template is passed as a valid pointer with count 0, because
     // SoftHSM2 2.6 rejects a NULL template with CKR_ARGUMENTS_BAD.
     let mut unused = [CK_ATTRIBUTE::default()];
-    let template_ptr = if template.is_empty() { unused.as_mut_ptr() } else { template.as_mut_ptr() };
-    let rv = call!(t, C_CopyObject(session, object, template_ptr, template.len() as CK_ULONG, &mut new));
+    let template_ptr = if template.is_empty() {
+        unused.as_mut_ptr()
+    } else {
+        template.as_mut_ptr()
+    };
+    let rv = call!(
+        t,
+        C_CopyObject(
+            session,
+            object,
+            template_ptr,
+            template.len() as CK_ULONG,
+            &mut new
+        )
+    );
     r.rv(step, rv);
     new
 }
@@ -703,6 +768,50 @@ isolated! {
                 r.rv("CKA_SENSITIVE set to false", call!(t, C_SetAttributeValue(rw, private, template.as_mut_ptr(), 1)));
                 r.rv("close the session of the session object", call!(t, C_CloseSession(s[0])));
                 read_attribute(r, "session object after its session closed", t, s[1], data, CKA_VALUE);
+            },
+            &[],
+        );
+    }
+}
+
+isolated! {
+    /// Checks session flags, mechanism lists and mechanism information by
+    /// the two-call convention, and the codes for unknown mechanisms and
+    /// sessions without CKF_SERIAL_SESSION.
+    fn session_and_mechanism_info() {
+        compare(
+            |t, r| {
+                let mut session = 0;
+                let rv = call!(t, C_OpenSession(t.slot, CKF_RW_SESSION, null_mut(), None, &mut session));
+                r.rv("session without CKF_SERIAL_SESSION", rv);
+                let rv = call!(t, C_OpenSession(t.slot, RO | 0x100, null_mut(), None, &mut session));
+                r.rv("session with an unknown flag", rv);
+                r.note("flags of that session", session_info(t, session));
+                let rw = open(t, RW);
+                r.note("flags of a read-write session", session_info(t, rw));
+
+                let mut count: CK_ULONG = 0;
+                r.rv("mechanism count", call!(t, C_GetMechanismList(t.slot, null_mut(), &mut count)));
+                let mut list = vec![0 as CK_MECHANISM_TYPE; count as usize];
+                let mut short = count - 1;
+                r.rv("mechanism list too short", call!(t, C_GetMechanismList(t.slot, list.as_mut_ptr(), &mut short)));
+                r.note("count after the short list", short == count);
+                let mut exact = count;
+                r.rv("mechanism list", call!(t, C_GetMechanismList(t.slot, list.as_mut_ptr(), &mut exact)));
+                r.note("count of the list", exact == count);
+                for mechanism in [CKM_RSA_PKCS, CKM_SHA256_RSA_PKCS, CKM_ECDSA, CKM_SHA256] {
+                    let mut info = CK_MECHANISM_INFO::default();
+                    let rv = call!(t, C_GetMechanismInfo(t.slot, mechanism, &mut info));
+                    r.rv(&format!("mechanism {mechanism:#x}"), rv);
+                    r.note(&format!("mechanism {mechanism:#x} info"), (info.ulMinKeySize, info.ulMaxKeySize, info.flags));
+                }
+                let mut info = CK_MECHANISM_INFO::default();
+                r.rv("unknown mechanism", call!(t, C_GetMechanismInfo(t.slot, 0x8765_4321, &mut info)));
+                let mut sha = mechanism(0x8765_4321);
+                r.rv("C_DigestInit of an unknown mechanism", call!(t, C_DigestInit(rw, &mut sha)));
+                let mut random = [0u8; 16];
+                r.rv("C_GenerateRandom", call!(t, C_GenerateRandom(rw, random.as_mut_ptr(), 16)));
+                r.rv("C_SeedRandom", call!(t, C_SeedRandom(rw, random.as_mut_ptr(), 16)));
             },
             &[],
         );
