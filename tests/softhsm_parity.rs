@@ -288,36 +288,36 @@ isolated! {
     /// functions.
     fn login_rules_match_softhsm() {
         compare(
-            |t, r| {
-                let s: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RW)).collect();
-                r.rv("user login with an empty PIN", login(t, s[0], CKU_USER, ""));
-                r.rv("user login", login(t, s[0], CKU_USER, USER_PIN));
-                r.rv("user login in a second session", login(t, s[1], CKU_USER, USER_PIN));
-                r.rv("user login with a wrong PIN", login(t, s[2], CKU_USER, "000000"));
-                r.rv("SO login while the user is", login(t, s[2], CKU_SO, SO_PIN));
-                for (i, &session) in s.iter().enumerate() {
-                    r.note(&format!("state of session {i}"), session_info(t, session));
-                    count_objects(r, &format!("private keys seen by session {i}"), t, session, CKO_PRIVATE_KEY);
+            |target, record| {
+                let sessions: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(target, RW)).collect();
+                record.rv("user login with an empty PIN", login(target, sessions[0], CKU_USER, ""));
+                record.rv("user login", login(target, sessions[0], CKU_USER, USER_PIN));
+                record.rv("user login in a second session", login(target, sessions[1], CKU_USER, USER_PIN));
+                record.rv("user login with a wrong PIN", login(target, sessions[2], CKU_USER, "000000"));
+                record.rv("SO login while the user is", login(target, sessions[2], CKU_SO, SO_PIN));
+                for (i, &session) in sessions.iter().enumerate() {
+                    record.note(&format!("state of session {i}"), session_info(target, session));
+                    count_objects(record, &format!("private keys seen by session {i}"), target, session, CKO_PRIVATE_KEY);
                 }
-                r.rv("logout", call!(t, C_Logout(s[1])));
-                r.rv("logout again", call!(t, C_Logout(s[2])));
-                count_objects(r, "private keys after logout", t, s[2], CKO_PRIVATE_KEY);
+                record.rv("logout", call!(target, C_Logout(sessions[1])));
+                record.rv("logout again", call!(target, C_Logout(sessions[2])));
+                count_objects(record, "private keys after logout", target, sessions[2], CKO_PRIVATE_KEY);
 
-                let ro = open(t, RO);
-                r.rv("SO login with a read-only session", login(t, s[0], CKU_SO, SO_PIN));
-                r.rv("close the read-only session", call!(t, C_CloseSession(ro)));
-                r.rv("SO login", login(t, s[0], CKU_SO, SO_PIN));
-                r.rv("user login while the SO is", login(t, s[1], CKU_USER, USER_PIN));
-                r.rv("read-only session while the SO is", open_rv(t, RO));
-                for (i, &session) in s.iter().enumerate() {
-                    r.note(&format!("SO state of session {i}"), session_info(t, session));
+                let ro = open(target, RO);
+                record.rv("SO login with a read-only session", login(target, sessions[0], CKU_SO, SO_PIN));
+                record.rv("close the read-only session", call!(target, C_CloseSession(ro)));
+                record.rv("SO login", login(target, sessions[0], CKU_SO, SO_PIN));
+                record.rv("user login while the SO is", login(target, sessions[1], CKU_USER, USER_PIN));
+                record.rv("read-only session while the SO is", open_rv(target, RO));
+                for (i, &session) in sessions.iter().enumerate() {
+                    record.note(&format!("SO state of session {i}"), session_info(target, session));
                     let pin = USER_PIN;
-                    let rv = call!(t, C_InitPIN(session, pin.as_ptr().cast_mut(), pin.len() as CK_ULONG));
-                    r.rv(&format!("C_InitPIN in session {i}"), rv);
+                    let rv = call!(target, C_InitPIN(session, pin.as_ptr().cast_mut(), pin.len() as CK_ULONG));
+                    record.rv(&format!("C_InitPIN in session {i}"), rv);
                 }
-                r.rv("SO logout", call!(t, C_Logout(s[2])));
-                r.rv("user login after the SO", login(t, s[2], CKU_USER, USER_PIN));
-                count_objects(r, "private keys after the SO", t, s[0], CKO_PRIVATE_KEY);
+                record.rv("SO logout", call!(target, C_Logout(sessions[2])));
+                record.rv("user login after the SO", login(target, sessions[2], CKU_USER, USER_PIN));
+                count_objects(record, "private keys after the SO", target, sessions[0], CKO_PRIVATE_KEY);
             },
             // SoftHSM2 2.6 returns CKR_OK for C_Logout without a login.
             &[("logout again", CKR_USER_NOT_LOGGED_IN)],
@@ -328,24 +328,24 @@ isolated! {
     /// sessions opened afterwards start logged out.
     fn close_all_sessions_then_use() {
         compare(
-            |t, r| {
-                let s: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RW)).collect();
-                r.rv("login", login(t, s[0], CKU_USER, USER_PIN));
-                r.rv("C_CloseAllSessions", call!(t, C_CloseAllSessions(t.slot)));
-                for (i, &session) in s.iter().enumerate() {
-                    r.note(&format!("closed session {i}"), session_info(t, session));
-                    r.rv(&format!("C_CloseSession of closed session {i}"), call!(t, C_CloseSession(session)));
+            |target, record| {
+                let sessions: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(target, RW)).collect();
+                record.rv("login", login(target, sessions[0], CKU_USER, USER_PIN));
+                record.rv("C_CloseAllSessions", call!(target, C_CloseAllSessions(target.slot)));
+                for (i, &session) in sessions.iter().enumerate() {
+                    record.note(&format!("closed session {i}"), session_info(target, session));
+                    record.rv(&format!("C_CloseSession of closed session {i}"), call!(target, C_CloseSession(session)));
                 }
                 let mut info = CK_TOKEN_INFO::default();
-                r.rv("C_GetTokenInfo", call!(t, C_GetTokenInfo(t.slot, &mut info)));
-                let fresh: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RO)).collect();
+                record.rv("C_GetTokenInfo", call!(target, C_GetTokenInfo(target.slot, &mut info)));
+                let fresh: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(target, RO)).collect();
                 for (i, &session) in fresh.iter().enumerate() {
-                    r.note(&format!("new session {i}"), session_info(t, session));
+                    record.note(&format!("new session {i}"), session_info(target, session));
                 }
-                r.rv("login again", login(t, fresh[2], CKU_USER, USER_PIN));
-                count_objects(r, "private keys", t, fresh[0], CKO_PRIVATE_KEY);
-                r.rv("C_CloseAllSessions again", call!(t, C_CloseAllSessions(t.slot)));
-                r.rv("C_CloseAllSessions without sessions", call!(t, C_CloseAllSessions(t.slot)));
+                record.rv("login again", login(target, fresh[2], CKU_USER, USER_PIN));
+                count_objects(record, "private keys", target, fresh[0], CKO_PRIVATE_KEY);
+                record.rv("C_CloseAllSessions again", call!(target, C_CloseAllSessions(target.slot)));
+                record.rv("C_CloseAllSessions without sessions", call!(target, C_CloseAllSessions(target.slot)));
             },
             &[],
         );
@@ -356,8 +356,8 @@ isolated! {
 /// re-authentication (CKA_ALWAYS_AUTHENTICATE) for every signature, and
 /// returns the private key.
 fn always_authenticate_key(
-    r: &mut Record,
-    t: &Target,
+    record: &mut Record,
+    target: &Target,
     session: CK_SESSION_HANDLE,
 ) -> CK_OBJECT_HANDLE {
     let mut bits: CK_ULONG = 1024;
@@ -383,7 +383,7 @@ fn always_authenticate_key(
     let mut generate = mechanism(CKM_RSA_PKCS_KEY_PAIR_GEN);
     let (mut public_key, mut private_key) = (0, 0);
     let rv = call!(
-        t,
+        target,
         C_GenerateKeyPair(
             session,
             &mut generate,
@@ -395,16 +395,16 @@ fn always_authenticate_key(
             &mut private_key
         )
     );
-    r.rv("C_GenerateKeyPair", rv);
+    record.rv("C_GenerateKeyPair", rv);
     private_key
 }
 
 /// Signs `data` in the session's active signing operation by the two-call
 /// convention and records each step.
-fn sign(r: &mut Record, t: &Target, session: CK_SESSION_HANDLE, step: &str, data: &[u8]) {
+fn sign(record: &mut Record, target: &Target, session: CK_SESSION_HANDLE, step: &str, data: &[u8]) {
     let mut length: CK_ULONG = 0;
     let rv = call!(
-        t,
+        target,
         C_Sign(
             session,
             data.as_ptr().cast_mut(),
@@ -413,11 +413,11 @@ fn sign(r: &mut Record, t: &Target, session: CK_SESSION_HANDLE, step: &str, data
             &mut length
         )
     );
-    r.rv(&format!("{step}: length query"), rv);
-    r.note(&format!("{step}: length"), length);
+    record.rv(&format!("{step}: length query"), rv);
+    record.note(&format!("{step}: length"), length);
     let mut signature = vec![0u8; length as usize];
     let rv = call!(
-        t,
+        target,
         C_Sign(
             session,
             data.as_ptr().cast_mut(),
@@ -426,7 +426,7 @@ fn sign(r: &mut Record, t: &Target, session: CK_SESSION_HANDLE, step: &str, data
             &mut length
         )
     );
-    r.rv(&format!("{step}: signature"), rv);
+    record.rv(&format!("{step}: signature"), rv);
 }
 
 isolated! {
@@ -434,27 +434,27 @@ isolated! {
     /// leaves the login as it was, so C_Logout still ends it everywhere.
     fn context_specific_login_then_logout() {
         compare(
-            |t, r| {
-                let s: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RW)).collect();
-                r.rv("re-authentication before the login", login(t, s[1], CKU_CONTEXT_SPECIFIC, USER_PIN));
-                r.rv("login", login(t, s[0], CKU_USER, USER_PIN));
-                let key = always_authenticate_key(r, t, s[1]);
-                r.rv("re-authentication without an operation", login(t, s[1], CKU_CONTEXT_SPECIFIC, USER_PIN));
+            |target, record| {
+                let sessions: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(target, RW)).collect();
+                record.rv("re-authentication before the login", login(target, sessions[1], CKU_CONTEXT_SPECIFIC, USER_PIN));
+                record.rv("login", login(target, sessions[0], CKU_USER, USER_PIN));
+                let key = always_authenticate_key(record, target, sessions[1]);
+                record.rv("re-authentication without an operation", login(target, sessions[1], CKU_CONTEXT_SPECIFIC, USER_PIN));
 
                 let mut sha256_rsa = mechanism(CKM_SHA256_RSA_PKCS);
-                r.rv("C_SignInit", call!(t, C_SignInit(s[1], &mut sha256_rsa, key)));
-                r.rv("re-authentication", login(t, s[1], CKU_CONTEXT_SPECIFIC, USER_PIN));
-                sign(r, t, s[1], "sign after re-authentication", b"message");
-                r.rv("C_SignInit again", call!(t, C_SignInit(s[1], &mut sha256_rsa, key)));
-                sign(r, t, s[1], "sign without re-authentication", b"message");
+                record.rv("C_SignInit", call!(target, C_SignInit(sessions[1], &mut sha256_rsa, key)));
+                record.rv("re-authentication", login(target, sessions[1], CKU_CONTEXT_SPECIFIC, USER_PIN));
+                sign(record, target, sessions[1], "sign after re-authentication", b"message");
+                record.rv("C_SignInit again", call!(target, C_SignInit(sessions[1], &mut sha256_rsa, key)));
+                sign(record, target, sessions[1], "sign without re-authentication", b"message");
 
-                r.rv("logout", call!(t, C_Logout(s[0])));
-                for (i, &session) in s.iter().enumerate() {
-                    r.note(&format!("state of session {i}"), session_info(t, session));
-                    count_objects(r, &format!("private keys seen by session {i}"), t, session, CKO_PRIVATE_KEY);
+                record.rv("logout", call!(target, C_Logout(sessions[0])));
+                for (i, &session) in sessions.iter().enumerate() {
+                    record.note(&format!("state of session {i}"), session_info(target, session));
+                    count_objects(record, &format!("private keys seen by session {i}"), target, session, CKO_PRIVATE_KEY);
                 }
-                r.rv("login again", login(t, s[2], CKU_USER, USER_PIN));
-                count_objects(r, "private keys after the second login", t, s[1], CKO_PRIVATE_KEY);
+                record.rv("login again", login(target, sessions[2], CKU_USER, USER_PIN));
+                count_objects(record, "private keys after the second login", target, sessions[1], CKO_PRIVATE_KEY);
             },
             &[],
         );
@@ -463,38 +463,42 @@ isolated! {
 
 /// Finds the one object of `class` labelled `label`.
 fn find_one(
-    t: &Target,
+    target: &Target,
     session: CK_SESSION_HANDLE,
     class: CK_OBJECT_CLASS,
     label: &str,
 ) -> CK_OBJECT_HANDLE {
-    let found = find(t, session, class, Some(label)).expect("search");
-    assert_eq!(found.len(), 1, "{}: objects labelled {label}", t.name);
+    let found = find(target, session, class, Some(label)).expect("search");
+    assert_eq!(found.len(), 1, "{}: objects labelled {label}", target.name);
     found[0]
 }
 
 /// Runs a single-part call with output by the two-call convention: a
 /// length query, a buffer one byte short, then a buffer of the exact length.
-fn two_calls(r: &mut Record, step: &str, mut run: impl FnMut(*mut u8, *mut CK_ULONG) -> CK_RV) {
+fn two_calls(
+    record: &mut Record,
+    step: &str,
+    mut run: impl FnMut(*mut u8, *mut CK_ULONG) -> CK_RV,
+) {
     let mut length: CK_ULONG = 0;
-    r.rv(
+    record.rv(
         &format!("{step}: length query"),
         run(null_mut(), &mut length),
     );
-    r.note(&format!("{step}: length"), length);
+    record.note(&format!("{step}: length"), length);
     let mut output = vec![0u8; length as usize + 1];
     let mut short = length.saturating_sub(1);
-    r.rv(
+    record.rv(
         &format!("{step}: short buffer"),
         run(output.as_mut_ptr(), &mut short),
     );
-    r.note(&format!("{step}: length after the short buffer"), short);
+    record.note(&format!("{step}: length after the short buffer"), short);
     let mut exact = length;
-    r.rv(
+    record.rv(
         &format!("{step}: exact buffer"),
         run(output.as_mut_ptr(), &mut exact),
     );
-    r.note(&format!("{step}: length written"), exact);
+    record.note(&format!("{step}: length written"), exact);
 }
 
 isolated! {
@@ -503,73 +507,73 @@ isolated! {
     /// codes of calls without an active operation.
     fn operation_state_matches_softhsm() {
         compare(
-            |t, r| {
-                let s: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RO)).collect();
-                r.rv("login", login(t, s[0], CKU_USER, USER_PIN));
-                let key = find_one(t, s[0], CKO_PRIVATE_KEY, "rsa-key");
-                let public = find_one(t, s[0], CKO_PUBLIC_KEY, "rsa-key");
+            |target, record| {
+                let sessions: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(target, RO)).collect();
+                record.rv("login", login(target, sessions[0], CKU_USER, USER_PIN));
+                let key = find_one(target, sessions[0], CKO_PRIVATE_KEY, "rsa-key");
+                let public = find_one(target, sessions[0], CKO_PUBLIC_KEY, "rsa-key");
                 let mut data = *b"data to sign";
                 let data_len = data.len() as CK_ULONG;
                 let data_ptr = data.as_mut_ptr();
                 let mut sha256_rsa = mechanism(CKM_SHA256_RSA_PKCS);
                 let mut raw_rsa = mechanism(CKM_RSA_PKCS);
-                let session = s[1];
+                let session = sessions[1];
 
-                r.rv("C_Sign without C_SignInit", call!(t, C_Sign(session, data_ptr, data_len, null_mut(), &mut 0)));
-                r.rv("C_SignUpdate without C_SignInit", call!(t, C_SignUpdate(session, data_ptr, data_len)));
-                r.rv("C_SignFinal without C_SignInit", call!(t, C_SignFinal(session, null_mut(), &mut 0)));
-                r.rv("C_SignInit with a public key", call!(t, C_SignInit(session, &mut sha256_rsa, public)));
+                record.rv("C_Sign without C_SignInit", call!(target, C_Sign(session, data_ptr, data_len, null_mut(), &mut 0)));
+                record.rv("C_SignUpdate without C_SignInit", call!(target, C_SignUpdate(session, data_ptr, data_len)));
+                record.rv("C_SignFinal without C_SignInit", call!(target, C_SignFinal(session, null_mut(), &mut 0)));
+                record.rv("C_SignInit with a public key", call!(target, C_SignInit(session, &mut sha256_rsa, public)));
 
-                r.rv("C_SignInit", call!(t, C_SignInit(session, &mut sha256_rsa, key)));
-                r.rv("C_SignInit twice", call!(t, C_SignInit(session, &mut sha256_rsa, key)));
-                r.rv("C_DigestInit while signing", call!(t, C_DigestInit(session, &mut mechanism(CKM_SHA256))));
-                two_calls(r, "C_Sign", |out, len| call!(t, C_Sign(session, data_ptr, data_len, out, len)));
-                r.rv("C_Sign after the signature", call!(t, C_Sign(session, data_ptr, data_len, null_mut(), &mut 0)));
-                r.rv("C_SignUpdate after the signature", call!(t, C_SignUpdate(session, data_ptr, data_len)));
+                record.rv("C_SignInit", call!(target, C_SignInit(session, &mut sha256_rsa, key)));
+                record.rv("C_SignInit twice", call!(target, C_SignInit(session, &mut sha256_rsa, key)));
+                record.rv("C_DigestInit while signing", call!(target, C_DigestInit(session, &mut mechanism(CKM_SHA256))));
+                two_calls(record, "C_Sign", |out, len| call!(target, C_Sign(session, data_ptr, data_len, out, len)));
+                record.rv("C_Sign after the signature", call!(target, C_Sign(session, data_ptr, data_len, null_mut(), &mut 0)));
+                record.rv("C_SignUpdate after the signature", call!(target, C_SignUpdate(session, data_ptr, data_len)));
 
-                r.rv("C_SignInit for parts", call!(t, C_SignInit(session, &mut sha256_rsa, key)));
-                r.rv("C_SignUpdate", call!(t, C_SignUpdate(session, data_ptr, data_len)));
-                r.rv("C_SignUpdate of no bytes", call!(t, C_SignUpdate(session, data_ptr, 0)));
-                two_calls(r, "C_SignFinal", |out, len| call!(t, C_SignFinal(session, out, len)));
-                r.rv("C_SignFinal after the signature", call!(t, C_SignFinal(session, null_mut(), &mut 0)));
+                record.rv("C_SignInit for parts", call!(target, C_SignInit(session, &mut sha256_rsa, key)));
+                record.rv("C_SignUpdate", call!(target, C_SignUpdate(session, data_ptr, data_len)));
+                record.rv("C_SignUpdate of no bytes", call!(target, C_SignUpdate(session, data_ptr, 0)));
+                two_calls(record, "C_SignFinal", |out, len| call!(target, C_SignFinal(session, out, len)));
+                record.rv("C_SignFinal after the signature", call!(target, C_SignFinal(session, null_mut(), &mut 0)));
 
-                r.rv("C_SignInit, then a length query", call!(t, C_SignInit(session, &mut sha256_rsa, key)));
+                record.rv("C_SignInit, then a length query", call!(target, C_SignInit(session, &mut sha256_rsa, key)));
                 let mut length: CK_ULONG = 0;
-                r.rv("C_Sign length query", call!(t, C_Sign(session, data_ptr, data_len, null_mut(), &mut length)));
-                r.rv("C_SignUpdate after the length query", call!(t, C_SignUpdate(session, data_ptr, data_len)));
-                two_calls(r, "C_SignFinal after the length query", |out, len| call!(t, C_SignFinal(session, out, len)));
+                record.rv("C_Sign length query", call!(target, C_Sign(session, data_ptr, data_len, null_mut(), &mut length)));
+                record.rv("C_SignUpdate after the length query", call!(target, C_SignUpdate(session, data_ptr, data_len)));
+                two_calls(record, "C_SignFinal after the length query", |out, len| call!(target, C_SignFinal(session, out, len)));
 
-                r.rv("C_SignInit for raw RSA", call!(t, C_SignInit(session, &mut raw_rsa, key)));
-                r.rv("C_SignUpdate of raw RSA", call!(t, C_SignUpdate(session, data_ptr, data_len)));
-                r.rv("C_Sign after the rejected update", call!(t, C_Sign(session, data_ptr, data_len, null_mut(), &mut 0)));
+                record.rv("C_SignInit for raw RSA", call!(target, C_SignInit(session, &mut raw_rsa, key)));
+                record.rv("C_SignUpdate of raw RSA", call!(target, C_SignUpdate(session, data_ptr, data_len)));
+                record.rv("C_Sign after the rejected update", call!(target, C_Sign(session, data_ptr, data_len, null_mut(), &mut 0)));
 
                 let mut signature = [0u8; 256];
-                r.rv("C_VerifyInit", call!(t, C_VerifyInit(session, &mut sha256_rsa, public)));
-                r.rv("C_Verify of a wrong signature", call!(t, C_Verify(session, data_ptr, data_len, signature.as_mut_ptr(), 256)));
-                r.rv("C_VerifyInit again", call!(t, C_VerifyInit(session, &mut sha256_rsa, public)));
-                r.rv("C_Verify of a short signature", call!(t, C_Verify(session, data_ptr, data_len, signature.as_mut_ptr(), 10)));
-                r.rv("C_Verify after the failure", call!(t, C_Verify(session, data_ptr, data_len, signature.as_mut_ptr(), 256)));
+                record.rv("C_VerifyInit", call!(target, C_VerifyInit(session, &mut sha256_rsa, public)));
+                record.rv("C_Verify of a wrong signature", call!(target, C_Verify(session, data_ptr, data_len, signature.as_mut_ptr(), 256)));
+                record.rv("C_VerifyInit again", call!(target, C_VerifyInit(session, &mut sha256_rsa, public)));
+                record.rv("C_Verify of a short signature", call!(target, C_Verify(session, data_ptr, data_len, signature.as_mut_ptr(), 10)));
+                record.rv("C_Verify after the failure", call!(target, C_Verify(session, data_ptr, data_len, signature.as_mut_ptr(), 256)));
 
                 let mut sha256 = mechanism(CKM_SHA256);
-                r.rv("C_DigestInit", call!(t, C_DigestInit(session, &mut sha256)));
-                two_calls(r, "C_Digest", |out, len| call!(t, C_Digest(session, data_ptr, data_len, out, len)));
-                r.rv("C_DigestUpdate after the digest", call!(t, C_DigestUpdate(session, data_ptr, data_len)));
+                record.rv("C_DigestInit", call!(target, C_DigestInit(session, &mut sha256)));
+                two_calls(record, "C_Digest", |out, len| call!(target, C_Digest(session, data_ptr, data_len, out, len)));
+                record.rv("C_DigestUpdate after the digest", call!(target, C_DigestUpdate(session, data_ptr, data_len)));
 
                 let mut class = CKO_PUBLIC_KEY;
                 let mut template = [ulong_attribute(CKA_CLASS, &mut class)];
-                r.rv("C_FindObjects without C_FindObjectsInit", call!(t, C_FindObjects(session, &mut 0, 1, &mut 0)));
-                r.rv("C_FindObjectsFinal without C_FindObjectsInit", call!(t, C_FindObjectsFinal(session)));
-                r.rv("C_FindObjectsInit", call!(t, C_FindObjectsInit(session, template.as_mut_ptr(), 1)));
-                r.rv("C_FindObjectsInit twice", call!(t, C_FindObjectsInit(session, template.as_mut_ptr(), 1)));
-                r.rv("C_SignInit while searching", call!(t, C_SignInit(session, &mut sha256_rsa, key)));
+                record.rv("C_FindObjects without C_FindObjectsInit", call!(target, C_FindObjects(session, &mut 0, 1, &mut 0)));
+                record.rv("C_FindObjectsFinal without C_FindObjectsInit", call!(target, C_FindObjectsFinal(session)));
+                record.rv("C_FindObjectsInit", call!(target, C_FindObjectsInit(session, template.as_mut_ptr(), 1)));
+                record.rv("C_FindObjectsInit twice", call!(target, C_FindObjectsInit(session, template.as_mut_ptr(), 1)));
+                record.rv("C_SignInit while searching", call!(target, C_SignInit(session, &mut sha256_rsa, key)));
                 let mut found = [0 as CK_OBJECT_HANDLE; 1];
                 let mut count: CK_ULONG = 0;
-                r.rv("C_FindObjects of one", call!(t, C_FindObjects(session, found.as_mut_ptr(), 1, &mut count)));
-                r.note("objects found", count);
-                r.rv("C_FindObjectsFinal", call!(t, C_FindObjectsFinal(session)));
-                r.rv("C_FindObjectsFinal twice", call!(t, C_FindObjectsFinal(session)));
-                r.rv("C_FindObjects after the search", call!(t, C_FindObjects(session, found.as_mut_ptr(), 1, &mut count)));
-                r.rv("C_SignInit with handle 0", call!(t, C_SignInit(session, &mut sha256_rsa, 0)));
+                record.rv("C_FindObjects of one", call!(target, C_FindObjects(session, found.as_mut_ptr(), 1, &mut count)));
+                record.note("objects found", count);
+                record.rv("C_FindObjectsFinal", call!(target, C_FindObjectsFinal(session)));
+                record.rv("C_FindObjectsFinal twice", call!(target, C_FindObjectsFinal(session)));
+                record.rv("C_FindObjects after the search", call!(target, C_FindObjects(session, found.as_mut_ptr(), 1, &mut count)));
+                record.rv("C_SignInit with handle 0", call!(target, C_SignInit(session, &mut sha256_rsa, 0)));
             },
             // SoftHSM2 2.6 returns CKR_OBJECT_HANDLE_INVALID for an invalid
             // key handle.
@@ -581,9 +585,9 @@ isolated! {
 /// Creates a data object with `label` and records the result; returns its
 /// handle, 0 when the call failed.
 fn create_data(
-    r: &mut Record,
+    record: &mut Record,
     step: &str,
-    t: &Target,
+    target: &Target,
     session: CK_SESSION_HANDLE,
     token: bool,
     label: &str,
@@ -600,7 +604,7 @@ fn create_data(
     ];
     let mut object = 0;
     let rv = call!(
-        t,
+        target,
         C_CreateObject(
             session,
             template.as_mut_ptr(),
@@ -608,16 +612,16 @@ fn create_data(
             &mut object
         )
     );
-    r.rv(step, rv);
+    record.rv(step, rv);
     object
 }
 
 /// Reads one attribute by the two-call convention and records the length
 /// and the value, or the error.
 fn read_attribute(
-    r: &mut Record,
+    record: &mut Record,
     step: &str,
-    t: &Target,
+    target: &Target,
     session: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,
     kind: CK_ATTRIBUTE_TYPE,
@@ -628,39 +632,39 @@ fn read_attribute(
         ulValueLen: 0,
     }];
     let rv = call!(
-        t,
+        target,
         C_GetAttributeValue(session, object, template.as_mut_ptr(), 1)
     );
-    r.rv(&format!("{step}: length query"), rv);
-    r.note(&format!("{step}: length"), template[0].ulValueLen);
+    record.rv(&format!("{step}: length query"), rv);
+    record.note(&format!("{step}: length"), template[0].ulValueLen);
     if rv != CKR_OK {
         return;
     }
     let mut value = vec![0u8; template[0].ulValueLen as usize];
     template[0].pValue = value.as_mut_ptr().cast();
     let rv = call!(
-        t,
+        target,
         C_GetAttributeValue(session, object, template.as_mut_ptr(), 1)
     );
-    r.rv(&format!("{step}: value"), rv);
-    r.note(&format!("{step}: value"), String::from_utf8_lossy(&value));
+    record.rv(&format!("{step}: value"), rv);
+    record.note(&format!("{step}: value"), String::from_utf8_lossy(&value));
 }
 
 /// Sets CKA_LABEL of `object` and records the result.
 fn set_label(
-    r: &mut Record,
+    record: &mut Record,
     step: &str,
-    t: &Target,
+    target: &Target,
     session: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,
     label: &str,
 ) {
     let mut label = label.as_bytes().to_vec();
     let mut template = [bytes_attribute(CKA_LABEL, &mut label)];
-    r.rv(
+    record.rv(
         step,
         call!(
-            t,
+            target,
             C_SetAttributeValue(session, object, template.as_mut_ptr(), 1)
         ),
     );
@@ -669,9 +673,9 @@ fn set_label(
 /// Copies `object` with `template` and records the result; returns the
 /// copy, 0 when the call failed.
 fn copy(
-    r: &mut Record,
+    record: &mut Record,
     step: &str,
-    t: &Target,
+    target: &Target,
     session: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,
     template: &mut [CK_ATTRIBUTE],
@@ -686,7 +690,7 @@ fn copy(
         template.as_mut_ptr()
     };
     let rv = call!(
-        t,
+        target,
         C_CopyObject(
             session,
             object,
@@ -695,7 +699,7 @@ fn copy(
             &mut new
         )
     );
-    r.rv(step, rv);
+    record.rv(step, rv);
     new
 }
 
@@ -706,48 +710,48 @@ isolated! {
     /// sensitive and unknown attributes by the two-call convention.
     fn objects_and_attributes_match_softhsm() {
         compare(
-            |t, r| {
-                let s: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(t, RO)).collect();
-                r.rv("login", login(t, s[0], CKU_USER, USER_PIN));
-                let public = find_one(t, s[0], CKO_PUBLIC_KEY, "rsa-key");
-                let private = find_one(t, s[0], CKO_PRIVATE_KEY, "rsa-key");
+            |target, record| {
+                let sessions: Vec<CK_SESSION_HANDLE> = (0..3).map(|_| open(target, RO)).collect();
+                record.rv("login", login(target, sessions[0], CKU_USER, USER_PIN));
+                let public = find_one(target, sessions[0], CKO_PUBLIC_KEY, "rsa-key");
+                let private = find_one(target, sessions[0], CKO_PRIVATE_KEY, "rsa-key");
 
-                create_data(r, "token object in a read-only session", t, s[0], true, "token data");
-                let data = create_data(r, "session object in a read-only session", t, s[0], false, "session data");
-                for (i, &session) in s.iter().enumerate() {
-                    read_attribute(r, &format!("session object in session {i}"), t, session, data, CKA_VALUE);
+                create_data(record, "token object in a read-only session", target, sessions[0], true, "token data");
+                let data = create_data(record, "session object in a read-only session", target, sessions[0], false, "session data");
+                for (i, &session) in sessions.iter().enumerate() {
+                    read_attribute(record, &format!("session object in session {i}"), target, session, data, CKA_VALUE);
                 }
-                set_label(r, "label of a token object in a read-only session", t, s[0], public, "renamed");
-                r.rv("C_DestroyObject of a token object in a read-only session", call!(t, C_DestroyObject(s[0], public)));
-                copy(r, "copy of a token object as it is", t, s[0], public, &mut []);
+                set_label(record, "label of a token object in a read-only session", target, sessions[0], public, "renamed");
+                record.rv("C_DestroyObject of a token object in a read-only session", call!(target, C_DestroyObject(sessions[0], public)));
+                copy(record, "copy of a token object as it is", target, sessions[0], public, &mut []);
                 let mut token = CK_TRUE;
-                copy(r, "copy to a token object", t, s[0], public, &mut [bool_attribute(CKA_TOKEN, &mut token)]);
+                copy(record, "copy to a token object", target, sessions[0], public, &mut [bool_attribute(CKA_TOKEN, &mut token)]);
                 let mut no = CK_FALSE;
                 let mut label = b"copy".to_vec();
                 let copied = copy(
-                    r,
+                    record,
                     "copy to a session object",
-                    t,
-                    s[0],
+                    target,
+                    sessions[0],
                     public,
                     &mut [bool_attribute(CKA_TOKEN, &mut no), bytes_attribute(CKA_LABEL, &mut label)],
                 );
-                read_attribute(r, "label of the copy", t, s[0], copied, CKA_LABEL);
-                read_attribute(r, "label of the copy in another session", t, s[2], copied, CKA_LABEL);
-                set_label(r, "label of the copy", t, s[0], copied, "renamed copy");
-                read_attribute(r, "new label of the copy", t, s[0], copied, CKA_LABEL);
-                r.note("copies by the old label", find(t, s[0], CKO_PUBLIC_KEY, Some("copy")).map(|f| f.len()));
-                r.note("copies by the new label", find(t, s[0], CKO_PUBLIC_KEY, Some("renamed copy")).map(|f| f.len()));
-                read_attribute(r, "modulus of the copy", t, s[0], copied, CKA_MODULUS_BITS);
+                read_attribute(record, "label of the copy", target, sessions[0], copied, CKA_LABEL);
+                read_attribute(record, "label of the copy in another session", target, sessions[2], copied, CKA_LABEL);
+                set_label(record, "label of the copy", target, sessions[0], copied, "renamed copy");
+                read_attribute(record, "new label of the copy", target, sessions[0], copied, CKA_LABEL);
+                record.note("copies by the old label", find(target, sessions[0], CKO_PUBLIC_KEY, Some("copy")).map(|f| f.len()));
+                record.note("copies by the new label", find(target, sessions[0], CKO_PUBLIC_KEY, Some("renamed copy")).map(|f| f.len()));
+                read_attribute(record, "modulus of the copy", target, sessions[0], copied, CKA_MODULUS_BITS);
                 let mut size: CK_ULONG = 0;
-                r.rv("C_GetObjectSize of the copy", call!(t, C_GetObjectSize(s[0], copied, &mut size)));
-                r.rv("C_DestroyObject of the copy", call!(t, C_DestroyObject(s[0], copied)));
-                read_attribute(r, "label of the destroyed copy", t, s[0], copied, CKA_LABEL);
-                read_attribute(r, "label of the destroyed copy in another session", t, s[1], copied, CKA_LABEL);
+                record.rv("C_GetObjectSize of the copy", call!(target, C_GetObjectSize(sessions[0], copied, &mut size)));
+                record.rv("C_DestroyObject of the copy", call!(target, C_DestroyObject(sessions[0], copied)));
+                read_attribute(record, "label of the destroyed copy", target, sessions[0], copied, CKA_LABEL);
+                read_attribute(record, "label of the destroyed copy in another session", target, sessions[1], copied, CKA_LABEL);
 
-                read_attribute(r, "private exponent", t, s[1], private, CKA_PRIVATE_EXPONENT);
-                read_attribute(r, "unknown attribute", t, s[1], private, 0x8765_4321);
-                read_attribute(r, "value of a public key", t, s[1], public, CKA_VALUE);
+                read_attribute(record, "private exponent", target, sessions[1], private, CKA_PRIVATE_EXPONENT);
+                read_attribute(record, "unknown attribute", target, sessions[1], private, 0x8765_4321);
+                read_attribute(record, "value of a public key", target, sessions[1], public, CKA_VALUE);
                 let mut label = [0u8; 7];
                 let mut short = [0u8; 6];
                 let mut template = [
@@ -756,18 +760,18 @@ isolated! {
                     CK_ATTRIBUTE { type_: CKA_ID, pValue: null_mut(), ulValueLen: 0 },
                     CK_ATTRIBUTE { type_: CKA_MODULUS, pValue: short.as_mut_ptr().cast(), ulValueLen: 6 },
                 ];
-                let rv = call!(t, C_GetAttributeValue(s[2], private, template.as_mut_ptr(), 4));
-                r.rv("mixed template", rv);
+                let rv = call!(target, C_GetAttributeValue(sessions[2], private, template.as_mut_ptr(), 4));
+                record.rv("mixed template", rv);
                 let lengths: Vec<CK_ULONG> = template.iter().map(|a| a.ulValueLen).collect();
-                r.note("mixed template lengths", lengths);
-                r.note("mixed template label", String::from_utf8_lossy(&label));
+                record.note("mixed template lengths", lengths);
+                record.note("mixed template label", String::from_utf8_lossy(&label));
 
-                let rw = open(t, RW);
+                let rw = open(target, RW);
                 let mut no = CK_FALSE;
                 let mut template = [bool_attribute(CKA_SENSITIVE, &mut no)];
-                r.rv("CKA_SENSITIVE set to false", call!(t, C_SetAttributeValue(rw, private, template.as_mut_ptr(), 1)));
-                r.rv("close the session of the session object", call!(t, C_CloseSession(s[0])));
-                read_attribute(r, "session object after its session closed", t, s[1], data, CKA_VALUE);
+                record.rv("CKA_SENSITIVE set to false", call!(target, C_SetAttributeValue(rw, private, template.as_mut_ptr(), 1)));
+                record.rv("close the session of the session object", call!(target, C_CloseSession(sessions[0])));
+                read_attribute(record, "session object after its session closed", target, sessions[1], data, CKA_VALUE);
             },
             &[],
         );
@@ -780,38 +784,38 @@ isolated! {
     /// sessions without CKF_SERIAL_SESSION.
     fn session_and_mechanism_info() {
         compare(
-            |t, r| {
+            |target, record| {
                 let mut session = 0;
-                let rv = call!(t, C_OpenSession(t.slot, CKF_RW_SESSION, null_mut(), None, &mut session));
-                r.rv("session without CKF_SERIAL_SESSION", rv);
-                let rv = call!(t, C_OpenSession(t.slot, RO | 0x100, null_mut(), None, &mut session));
-                r.rv("session with an unknown flag", rv);
-                r.note("flags of that session", session_info(t, session));
-                let rw = open(t, RW);
-                r.note("flags of a read-write session", session_info(t, rw));
+                let rv = call!(target, C_OpenSession(target.slot, CKF_RW_SESSION, null_mut(), None, &mut session));
+                record.rv("session without CKF_SERIAL_SESSION", rv);
+                let rv = call!(target, C_OpenSession(target.slot, RO | 0x100, null_mut(), None, &mut session));
+                record.rv("session with an unknown flag", rv);
+                record.note("flags of that session", session_info(target, session));
+                let rw = open(target, RW);
+                record.note("flags of a read-write session", session_info(target, rw));
 
                 let mut count: CK_ULONG = 0;
-                r.rv("mechanism count", call!(t, C_GetMechanismList(t.slot, null_mut(), &mut count)));
+                record.rv("mechanism count", call!(target, C_GetMechanismList(target.slot, null_mut(), &mut count)));
                 let mut list = vec![0 as CK_MECHANISM_TYPE; count as usize];
                 let mut short = count - 1;
-                r.rv("mechanism list too short", call!(t, C_GetMechanismList(t.slot, list.as_mut_ptr(), &mut short)));
-                r.note("count after the short list", short == count);
+                record.rv("mechanism list too short", call!(target, C_GetMechanismList(target.slot, list.as_mut_ptr(), &mut short)));
+                record.note("count after the short list", short == count);
                 let mut exact = count;
-                r.rv("mechanism list", call!(t, C_GetMechanismList(t.slot, list.as_mut_ptr(), &mut exact)));
-                r.note("count of the list", exact == count);
+                record.rv("mechanism list", call!(target, C_GetMechanismList(target.slot, list.as_mut_ptr(), &mut exact)));
+                record.note("count of the list", exact == count);
                 for mechanism in [CKM_RSA_PKCS, CKM_SHA256_RSA_PKCS, CKM_ECDSA, CKM_SHA256] {
                     let mut info = CK_MECHANISM_INFO::default();
-                    let rv = call!(t, C_GetMechanismInfo(t.slot, mechanism, &mut info));
-                    r.rv(&format!("mechanism {mechanism:#x}"), rv);
-                    r.note(&format!("mechanism {mechanism:#x} info"), (info.ulMinKeySize, info.ulMaxKeySize, info.flags));
+                    let rv = call!(target, C_GetMechanismInfo(target.slot, mechanism, &mut info));
+                    record.rv(&format!("mechanism {mechanism:#x}"), rv);
+                    record.note(&format!("mechanism {mechanism:#x} info"), (info.ulMinKeySize, info.ulMaxKeySize, info.flags));
                 }
                 let mut info = CK_MECHANISM_INFO::default();
-                r.rv("unknown mechanism", call!(t, C_GetMechanismInfo(t.slot, 0x8765_4321, &mut info)));
+                record.rv("unknown mechanism", call!(target, C_GetMechanismInfo(target.slot, 0x8765_4321, &mut info)));
                 let mut sha = mechanism(0x8765_4321);
-                r.rv("C_DigestInit of an unknown mechanism", call!(t, C_DigestInit(rw, &mut sha)));
+                record.rv("C_DigestInit of an unknown mechanism", call!(target, C_DigestInit(rw, &mut sha)));
                 let mut random = [0u8; 16];
-                r.rv("C_GenerateRandom", call!(t, C_GenerateRandom(rw, random.as_mut_ptr(), 16)));
-                r.rv("C_SeedRandom", call!(t, C_SeedRandom(rw, random.as_mut_ptr(), 16)));
+                record.rv("C_GenerateRandom", call!(target, C_GenerateRandom(rw, random.as_mut_ptr(), 16)));
+                record.rv("C_SeedRandom", call!(target, C_SeedRandom(rw, random.as_mut_ptr(), 16)));
             },
             &[],
         );
