@@ -53,11 +53,7 @@ impl Credentials {
     /// Logs `member` in through one of its sessions. A member that already
     /// is logged in as this user counts as a success.
     pub fn apply(&self, member: &Member, session: CK_SESSION_HANDLE) -> Result<()> {
-        let (pin_ptr, pin_len) = match &self.pin {
-            Some(pin) if !pin.is_empty() => (pin.as_ptr().cast_mut(), pin.len() as CK_ULONG),
-            Some(_) => (std::ptr::null_mut(), 0),
-            None => (std::ptr::null_mut(), 0),
-        };
+        let (pin_ptr, pin_len) = pin_arguments(self.pin.as_ref().map(|pin| pin.as_slice()));
         let rv = vcall!(member.module, C_Login(session, self.user, pin_ptr, pin_len));
         match rv {
             CKR_OK | CKR_USER_ALREADY_LOGGED_IN => {
@@ -66,6 +62,20 @@ impl Credentials {
             }
             other => Err(Rv(other)),
         }
+    }
+}
+
+/// A byte for an empty PIN to point at.
+static EMPTY_PIN: [u8; 1] = [0];
+
+/// Returns the `pPin` and `ulPinLen` arguments of C_Login for `pin`. An
+/// empty PIN is passed as a valid pointer with length 0, because a NULL
+/// `pPin` requests the token's protected authentication path instead.
+fn pin_arguments(pin: Option<&[u8]>) -> (*mut CK_UTF8CHAR, CK_ULONG) {
+    match pin {
+        Some([]) => (EMPTY_PIN.as_ptr().cast_mut(), 0),
+        Some(pin) => (pin.as_ptr().cast_mut(), pin.len() as CK_ULONG),
+        None => (std::ptr::null_mut(), 0),
     }
 }
 
@@ -189,10 +199,14 @@ pub fn login(
     pin: Option<&[u8]>,
 ) -> Result<()> {
     if user == CKU_CONTEXT_SPECIFIC {
-        // Re-authentication for one operation of one session: it concerns
-        // the member that runs the operation only.
-        let credentials = Credentials::new(user, pin, 0);
-        return credentials.apply(member, session);
+        // Re-authentication for one operation of one session concerns the
+        // member that runs the operation only. It changes no login state,
+        // so the member keeps its login epoch and C_Logout still reaches it.
+        let (pin_ptr, pin_len) = pin_arguments(pin);
+        return Rv::check(vcall!(
+            member.module,
+            C_Login(session, user, pin_ptr, pin_len)
+        ));
     }
     if user != CKU_USER && user != CKU_SO {
         return Err(Rv(CKR_USER_TYPE_INVALID));

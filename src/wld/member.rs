@@ -220,15 +220,21 @@ impl Member {
     }
 
     /// Runs `f` with the member's service session, opening it first when
-    /// needed. The service session is read-only and shares the login state
-    /// of the application's sessions, as every session of one application
-    /// on one token does.
+    /// needed. The service session shares the login state of the
+    /// application's sessions, as every session of one application on one
+    /// token does. It is read-write, because a read-only session makes the
+    /// member reject an SO login (CKR_SESSION_READ_ONLY_EXISTS) and cannot
+    /// be opened while the SO is logged in (CKR_SESSION_READ_WRITE_SO_EXISTS).
+    /// Only a write-protected token gets a read-only one.
     pub fn with_service<R>(&self, f: impl FnOnce(CK_SESSION_HANDLE) -> Result<R>) -> Result<R> {
         let mut service = self.service.lock();
         let handle = match *service {
             Some(handle) => handle,
             None => {
-                let handle = self.open_session(CKF_SERIAL_SESSION)?;
+                let handle = match self.open_session(CKF_SERIAL_SESSION | CKF_RW_SESSION) {
+                    Err(Rv(CKR_TOKEN_WRITE_PROTECTED)) => self.open_session(CKF_SERIAL_SESSION)?,
+                    opened => opened?,
+                };
                 *service = Some(handle);
                 handle
             }

@@ -143,6 +143,10 @@ fn take_lost(session: &mut Session, kind: OpKind) -> Result<()> {
 /// p11-kit-client.so 0.24 sends every empty buffer as NULL).
 /// `answered_empty` is then called, so the caller can report an empty
 /// output.
+///
+/// NOTE: for a mechanism without multi-part support (CKM_RSA_PKCS), SoftHSM2
+/// 2.6 rejects any update and ends the operation, but an empty update gets
+/// CKR_OK here and the operation stays active.
 #[allow(clippy::too_many_arguments)]
 pub fn update(
     instance: &Instance,

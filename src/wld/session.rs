@@ -284,6 +284,9 @@ impl SessionTable {
         if flags & CKF_SERIAL_SESSION == 0 {
             return Err(Rv(CKR_SESSION_PARALLEL_NOT_SUPPORTED));
         }
+        // PKCS#11 defines no other session flags, so C_GetSessionInfo
+        // reports these two only, as a token does.
+        let flags = flags & (CKF_SERIAL_SESSION | CKF_RW_SESSION);
         let rw = flags & CKF_RW_SESSION != 0;
         login::reserve_session(slot, rw)?;
         let opened = self.open_on_member(slot, flags, policy);
