@@ -62,7 +62,7 @@ pub fn open_library(requested: Option<&Path>) -> Result<(libloading::Library, Pa
         // SAFETY: loading a PKCS#11 module runs its initializers, which is
         // what the operator asked for by naming it.
         let library = unsafe { libloading::Library::new(path) }
-            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+            .map_err(|e| format!("cannot load {}: {}", path.display(), error_chain(&e)))?;
         return Ok((library, path.to_owned()));
     }
     let mut tried = Vec::new();
@@ -82,7 +82,11 @@ pub fn open_library(requested: Option<&Path>) -> Result<(libloading::Library, Pa
             // A file that exists but does not load is reported, not
             // passed over for one elsewhere.
             Err(e) if path.is_absolute() => {
-                return Err(format!("cannot load {}: {e}", path.display()))
+                return Err(format!(
+                    "cannot load {}: {}",
+                    path.display(),
+                    error_chain(&e)
+                ))
             }
             Err(_) => tried.push("the dynamic loader's path".to_owned()),
         }
@@ -91,6 +95,21 @@ pub fn open_library(requested: Option<&Path>) -> Result<(libloading::Library, Pa
         "{MODULE_FILE} not found (tried {}); pass --module PATH",
         tried.join(", ")
     ))
+}
+
+/// Formats a loader error with its sources: libloading's own text is
+/// only "dlopen failed" or "dlsym failed", and the dynamic loader's reason
+/// (a missing file, a wrong ELF class, an unresolved dependency) is its
+/// source.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A loaded and initialized libp11wld.so, finalized when dropped.
@@ -244,8 +263,13 @@ fn standard_list(
     type GetFunctionList = unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV;
     // SAFETY: C_GetFunctionList has this signature in every PKCS#11 version.
     let get: libloading::Symbol<'_, GetFunctionList> =
-        unsafe { library.get(b"C_GetFunctionList\0") }
-            .map_err(|e| format!("{} is not a PKCS#11 module: {e}", path.display()))?;
+        unsafe { library.get(b"C_GetFunctionList\0") }.map_err(|e| {
+            format!(
+                "{} is not a PKCS#11 module: {}",
+                path.display(),
+                error_chain(&e)
+            )
+        })?;
     let mut list: *mut CK_FUNCTION_LIST = ptr::null_mut();
     // SAFETY: `list` is a valid out pointer.
     let rv = unsafe { get(&mut list) };
@@ -275,8 +299,9 @@ fn extension_list(
     let get: libloading::Symbol<'_, GetInterface> = unsafe { library.get(b"C_GetInterface\0") }
         .map_err(|e| {
             format!(
-                "{} has no C_GetInterface, so it is not libp11wld.so: {e}",
-                path.display()
+                "{} has no C_GetInterface, so it is not libp11wld.so: {}",
+                path.display(),
+                error_chain(&e)
             )
         })?;
     let name: &CStr = c"p11wld";
