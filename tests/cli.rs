@@ -410,6 +410,42 @@ isolated! {
             assert!(stderr.contains(reason), "{}: {stderr}", module.display());
         }
     }
+
+    /// Without a command, the one line on stderr names the commands.
+    #[timeout(60)]
+    fn missing_command_names_commands() {
+        let output = std::process::Command::new(crate::common::paths::p11wld_cli())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("list, status, replicate, verify"), "{stderr}");
+    }
+
+    /// A module that cannot be loaded is reported with the dynamic
+    /// loader's reason: a missing file, a file that is no shared object.
+    #[timeout(60)]
+    fn unloadable_module_gives_loader_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("libp11wld.so");
+        let not_elf = dir.path().join("not-elf.so");
+        std::fs::write(&not_elf, "This text is no shared object; it is longer than an ELF header.\n").unwrap();
+        for (module, reason) in [(&missing, "cannot open shared object file"), (&not_elf, "invalid ELF header")] {
+            let output = std::process::Command::new(crate::common::paths::p11wld_cli())
+                .arg("--module")
+                .arg(module)
+                .arg("list")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.contains(reason), "{}: {stderr}", module.display());
+        }
+    }
 }
 
 /// Runs `p11wld` on a terminal, as `script` (util-linux) provides one,

@@ -29,7 +29,8 @@ mod sys {
 }
 
 use address::SlotArg;
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use cryptoki_sys::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use module::Module;
@@ -178,6 +179,21 @@ fn parse() -> Result<Cli, Failure> {
         Ok(cli) => Ok(cli),
         // --help and --version print to stdout and exit with 0.
         Err(error) if !error.use_stderr() => error.exit(),
+        // Without a command clap renders the whole help, whose first
+        // paragraph is the program's description, not a reason.
+        Err(error) if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let commands: Vec<String> = Cli::command()
+                .get_subcommands()
+                .map(|c| c.get_name().to_owned())
+                .collect();
+            Err(Failure(
+                format!(
+                    "missing command: expected one of {}; see p11wld --help",
+                    commands.join(", ")
+                ),
+                USAGE,
+            ))
+        }
         Err(error) => {
             let rendered = error.render().to_string();
             let reason: Vec<&str> = rendered
