@@ -33,7 +33,9 @@
  *
  * Version 2.0 added P11WLD_SLOT_REF.vendor_slot_id, which changes the layout
  * of P11WLD_SLOT_REF, P11WLD_REPLICATE_ARGS and P11WLD_VERIFY_ARGS, so a
- * caller built for 1.x must not use a 2.x module.
+ * caller built for 1.x must not use a 2.x module. Version 2.1 added
+ * GetReportProblemMessage at the end of P11WLD_FUNCTION_LIST; a caller
+ * reads that entry only from a module of version 2.1 or later.
  */
 #ifndef P11WLD_H
 #define P11WLD_H
@@ -47,7 +49,7 @@ typedef unsigned long p11wld_rv;
 
 #define P11WLD_INTERFACE_NAME "p11wld"
 #define P11WLD_VERSION_MAJOR 2
-#define P11WLD_VERSION_MINOR 0
+#define P11WLD_VERSION_MINOR 1
 
 /* A p11wld_ulong index or id that names nothing. */
 #define P11WLD_NONE (~0UL)
@@ -427,7 +429,9 @@ typedef struct P11WLD_PROBLEM {
     /* The CKA_ type with P11WLD_PROBLEM_ATTRIBUTE_DIFFERS, else
      * P11WLD_NONE. */
     p11wld_ulong attribute;
-    /* What went wrong, in one line. Never contains a PIN or key value. */
+    /* What went wrong, in one line. Never contains a PIN or key value.
+     * A long message is cut to fit, so it can lose its end, where the
+     * remedy is. GetReportProblemMessage returns the whole message. */
     char message[P11WLD_MESSAGE_SIZE];
 } P11WLD_PROBLEM;
 
@@ -493,6 +497,12 @@ typedef struct P11WLD_FUNCTION_LIST {
      * the calling process reaches it. */
     p11wld_rv (*GetModuleStatus)(P11WLD_MODULE_STATUS *modules,
                                  p11wld_ulong *count);
+    /* Copies the whole message of the problem at `index` of the report's
+     * problem list, NUL-terminated, by the two-call convention: *size is
+     * its size in bytes with the NUL. Since version 2.1. */
+    p11wld_rv (*GetReportProblemMessage)(P11WLD_REPORT_HANDLE report,
+                                         p11wld_ulong index, char *message,
+                                         p11wld_ulong *size);
 } P11WLD_FUNCTION_LIST;
 
 /* Sets *list to the extension's function list. */

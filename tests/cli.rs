@@ -388,27 +388,45 @@ isolated! {
         assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
     }
 
-    /// A module that cannot be loaded is reported with the dynamic
-    /// loader's reason: a missing file, a file that is no shared object.
-    #[timeout(60)]
-    fn unloadable_module_gives_loader_reason() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("libp11wld.so");
-        let not_elf = dir.path().join("not-elf.so");
-        std::fs::write(&not_elf, "This text is no shared object; it is longer than an ELF header.\n").unwrap();
-        for (module, reason) in [(&missing, "cannot open shared object file"), (&not_elf, "invalid ELF header")] {
-            let output = std::process::Command::new(crate::common::paths::p11wld_cli())
-                .arg("--module")
-                .arg(module)
-                .arg("list")
-                .stdin(std::process::Stdio::null())
-                .output()
-                .unwrap();
-            assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert_eq!(stderr.lines().count(), 1, "{stderr}");
-            assert!(stderr.contains(reason), "{}: {stderr}", module.display());
+    /// A problem's message longer than the 256-byte field of the report
+    /// reaches the JSON, the text and the line on stderr whole, so that
+    /// its end, the remedy, is there.
+    #[timeout(120)]
+    fn long_problem_message_whole() {
+        let lab = lab(Reach::P11Kit, &[Start::Stale], |_| {});
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        let stale_uri = format!("pkcs11:serial={}", lab.stale_serials[&1]);
+        let args = ["replicate", "--dry-run", "-s", master_uri.as_str(), "-d", stale_uri.as_str()];
+        let remedy = "(p11wld replicate --skip-unextractable)";
+
+        let mut json_args = vec!["--json"];
+        json_args.extend(args);
+        let output = run(&lab.config, &json_args, &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        let blocked: Vec<&serde_json::Value> = report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "cannot-travel")
+            .collect();
+        assert_eq!(blocked.len(), 2, "the RSA and EC private keys: {report:#}");
+        for problem in blocked {
+            let message = problem["message"].as_str().unwrap();
+            assert!(message.len() > 255, "longer than the field: {message}");
+            assert!(message.ends_with(remedy), "{message}");
         }
+
+        let output = run(&lab.config, &args, &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("cannot-travel: ")).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines.iter().all(|l| l.ends_with(remedy)), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
+        assert!(reasons[0].ends_with(remedy), "{stderr}");
     }
 
     /// Without a command, the one line on stderr names the commands.

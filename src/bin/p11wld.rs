@@ -368,8 +368,9 @@ impl Outcome {
         let reason = report
             .problems
             .iter()
-            .find(|p| p.flags & sys::P11WLD_PROBLEM_SKIPPED == 0 && p.rv != CKR_OK)
-            .map(|p| module::text(&p.message));
+            .zip(&report.messages)
+            .find(|(p, _)| p.flags & sys::P11WLD_PROBLEM_SKIPPED == 0 && p.rv != CKR_OK)
+            .map(|(_, message)| message.clone());
         let message = match reason {
             Some(reason) => format!("{command} failed: {reason}"),
             None if differences > 0 => {

@@ -532,7 +532,8 @@ fn plan_destination(
         let outcome = if request.skip_unextractable {
             "skipped at the caller's request"
         } else {
-            "nothing was written; pass the skip flag to replicate without it"
+            "nothing was written; to replicate without it, pass \
+             P11WLD_REPLICATE_SKIP_UNEXTRACTABLE (p11wld replicate --skip-unextractable)"
         };
         report.problem(Problem {
             token: Some(dest.token),

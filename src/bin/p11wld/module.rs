@@ -116,6 +116,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 pub struct Module {
     functions: *const CK_FUNCTION_LIST,
     ext: *const P11WLD_FUNCTION_LIST,
+    /// The extension's minor version: entries added to the end of its list
+    /// are read only from a module that has them.
+    ext_minor: u8,
     // Keeps the library mapped while the lists are used.
     _library: libloading::Library,
 }
@@ -142,9 +145,13 @@ impl Module {
         let path = path.as_path();
         let functions = standard_list(&library, path)?;
         let ext = extension_list(&library, path)?;
+        // SAFETY: checked non-NULL by `extension_list`; the list starts
+        // with its version.
+        let ext_minor = unsafe { (*ext).version.minor };
         let module = Module {
             functions,
             ext,
+            ext_minor,
             _library: library,
         };
         let mut args = CK_C_INITIALIZE_ARGS {
@@ -232,9 +239,42 @@ impl Module {
                 ext_call!(self, GetReportProblems(handle, list, count))
             })
             .unwrap_or_default(),
+            messages: Vec::new(),
+        });
+        let report = report.map(|mut report| {
+            report.messages = (0..report.problems.len())
+                .map(|index| self.problem_message(handle, index, &report.problems[index]))
+                .collect();
+            report
         });
         ext_call!(self, FreeReport(handle));
         report
+    }
+
+    /// Reads the whole message of a report's problem, which the problem's
+    /// field contains cut to fit. A module before version 2.1 gives the
+    /// field only.
+    fn problem_message(
+        &self,
+        handle: sys::P11WLD_REPORT_HANDLE,
+        index: usize,
+        problem: &sys::P11WLD_PROBLEM,
+    ) -> String {
+        let whole = (self.ext_minor >= 1)
+            .then(|| {
+                fetch("GetReportProblemMessage", |message, size| {
+                    ext_call!(
+                        self,
+                        GetReportProblemMessage(handle, index as sys::p11wld_ulong, message, size)
+                    )
+                })
+                .ok()
+            })
+            .flatten();
+        match whole {
+            Some(message) => text(&message),
+            None => text(&problem.message),
+        }
     }
 }
 
@@ -254,6 +294,8 @@ pub struct Report {
     pub tokens: Vec<sys::P11WLD_TOKEN_REPORT>,
     pub actions: Vec<sys::P11WLD_ACTION>,
     pub problems: Vec<sys::P11WLD_PROBLEM>,
+    /// The whole message of each problem, in the order of `problems`.
+    pub messages: Vec<String>,
 }
 
 fn standard_list(

@@ -415,7 +415,8 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
         problems: report
             .problems
             .iter()
-            .map(|p| ProblemJson {
+            .zip(&report.messages)
+            .map(|(p, message)| ProblemJson {
                 token: index(p.token_index),
                 kind: problem_kind(p.kind),
                 rv: ckr_name(p.rv),
@@ -423,7 +424,7 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
                 object: (p.flags & sys::P11WLD_PROBLEM_HAS_OBJECT != 0)
                     .then(|| object_json(&p.object)),
                 attribute: index(p.attribute),
-                message: text(&p.message),
+                message: message.clone(),
             })
             .collect(),
     }

@@ -201,6 +201,35 @@ pub(super) unsafe extern "C" fn get_report_problems(
     })
 }
 
+/// `GetReportProblemMessage`: the whole message of one problem, which
+/// `GetReportProblems` cuts to its field.
+///
+/// # Safety
+/// `size` is NULL or valid; `message` is NULL or points to `*size`
+/// writable bytes.
+pub(super) unsafe extern "C" fn get_report_problem_message(
+    handle: sys::P11WLD_REPORT_HANDLE,
+    index: sys::p11wld_ulong,
+    message: *mut std::ffi::c_char,
+    size: *mut sys::p11wld_ulong,
+) -> sys::p11wld_rv {
+    guard("GetReportProblemMessage", || {
+        let report = find(handle)?;
+        let problem = usize::try_from(index)
+            .ok()
+            .and_then(|index| report.problems.get(index))
+            .ok_or(Rv(CKR_ARGUMENTS_BAD))?;
+        let text: Vec<std::ffi::c_char> = problem
+            .message
+            .bytes()
+            .chain([0])
+            .map(|b| b as std::ffi::c_char)
+            .collect();
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { fill_list(&text, message, size) }
+    })
+}
+
 /// `FreeReport`.
 pub(super) extern "C" fn free_report(handle: sys::P11WLD_REPORT_HANDLE) -> sys::p11wld_rv {
     guard("FreeReport", || {
