@@ -301,9 +301,10 @@ typedef struct P11WLD_REPORT_INFO {
 #define P11WLD_ROLE_DESTINATION 2UL
 
 /* P11WLD_TOKEN_REPORT.flags */
-/* The run initialized the token (C_InitToken). */
+/* The run initialized the token (C_InitToken); in a dry run, the run
+ * would. */
 #define P11WLD_TOKEN_INITIALIZED_BY_RUN 0x1UL
-/* The run set the user PIN (C_InitPIN). */
+/* The run set the user PIN (C_InitPIN); in a dry run, the run would. */
 #define P11WLD_TOKEN_USER_PIN_SET 0x2UL
 /* Every object of the master is in place on the token and every extra
  * object is removed (Replicate), or the token equals the reference

@@ -388,6 +388,33 @@ isolated! {
         assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
     }
 
+    /// A dry run to an uninitialized token states that the run would
+    /// initialize it and set its user PIN, in the text and in the JSON,
+    /// and leaves it uninitialized.
+    #[timeout(120)]
+    fn dry_run_shows_token_initialization() {
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let free = position(&slots, "hsm2", "");
+        let output = replicate(&lab, &slots, master, &[free], &["--dry-run"], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["dry_run"], true);
+        assert_eq!(report["tokens"][1]["initialized_by_run"], true, "{report:#}");
+        assert_eq!(report["tokens"][1]["user_pin_set"], true, "{report:#}");
+
+        let expect = expect_serials(&slots, &[master, free]);
+        let (master, free) = (master.to_string(), free.to_string());
+        let args = ["replicate", "--dry-run", "-s", &master, "-d", &free, "--expect-serial", &expect];
+        let output = run(&lab.config, &args, &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("  to be initialized with the master's label"), "{text}");
+        assert!(!text.contains("initialized by this run"), "{text}");
+        assert!(tokens(&lab, 1).iter().all(|t| !t.initialized), "{:?}", tokens(&lab, 1));
+    }
+
     /// A problem's message longer than the 256-byte field of the report
     /// reaches the JSON, the text and the line on stderr whole, so that
     /// its end, the remedy, is there.

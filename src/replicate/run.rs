@@ -123,7 +123,11 @@ pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress
         // A rejected dry run reports its plan too, so the counts match the
         // planned actions.
         for dest in &destinations {
-            count_planned(&dest.plan, &mut report.tokens[dest.token]);
+            let entry = &mut report.tokens[dest.token];
+            count_planned(&dest.plan, entry);
+            // The writes to the token itself are planned as well.
+            entry.initialized_by_run = dest.session.is_none();
+            entry.user_pin_set = dest.session.is_none() || dest.needs_user_pin;
         }
         return report;
     }

@@ -505,10 +505,14 @@ pub fn report_text(report: &Report) -> String {
             out.push_str(&format!("  {} objects\n", token.objects));
             continue;
         }
-        if token.initialized_by_run {
-            out.push_str("  initialized by this run, user PIN set\n");
-        } else if token.user_pin_set {
-            out.push_str("  user PIN set by this run\n");
+        match (token.initialized_by_run, token.user_pin_set, json.dry_run) {
+            (true, _, false) => out.push_str("  initialized by this run, user PIN set\n"),
+            (true, _, true) => out.push_str(
+                "  to be initialized with the master's label, the SO PIN and the user PIN\n",
+            ),
+            (false, true, false) => out.push_str("  user PIN set by this run\n"),
+            (false, true, true) => out.push_str("  user PIN to be set\n"),
+            (false, false, _) => {}
         }
         if verifying {
             out.push_str(&format!(
