@@ -456,6 +456,28 @@ isolated! {
         assert!(reasons[0].ends_with(remedy), "{stderr}");
     }
 
+    /// Text output uses the singular for a count of one: "1 difference",
+    /// "differ in 1 place".
+    #[timeout(120)]
+    fn one_difference_singular() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let stale = lab.stale_serials[&1].clone();
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        let stale_uri = format!("pkcs11:serial={stale}");
+        let output = run(&lab.config, &["replicate", "-s", &master_uri, "-d", &stale_uri], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        lab.hsms[1].softhsm().with_user_session(&stale, crate::common::USER_PIN, |session| {
+            create_data_object(session, "one-extra", b"extra");
+        });
+
+        let output = run(&lab.config, &["verify", "-s", &master_uri, "-d", &stale_uri], &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(", 1 difference\n"), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("the tokens differ in 1 place\n"), "{stderr}");
+    }
+
     /// Without a command, the one line on stderr names the commands.
     #[timeout(60)]
     fn missing_command_names_commands() {

@@ -374,7 +374,10 @@ impl Outcome {
         let message = match reason {
             Some(reason) => format!("{command} failed: {reason}"),
             None if differences > 0 => {
-                format!("{command}: the tokens differ in {differences} places")
+                format!(
+                    "{command}: the tokens differ in {}",
+                    output::counted(differences, "place", "places")
+                )
             }
             None => format!("{command} failed: {name}"),
         };

@@ -39,6 +39,12 @@ fn json_label(field: &[std::ffi::c_char]) -> (String, Option<String>) {
     }
 }
 
+/// Formats a count with the singular or the plural noun: "1 place", "2
+/// places".
+pub fn counted(count: u64, singular: &str, plural: &str) -> String {
+    format!("{count} {}", if count == 1 { singular } else { plural })
+}
+
 /// Escapes a string for a terminal.
 fn escaped(text: &str) -> String {
     escape_nonprintable(text.as_bytes())
@@ -502,7 +508,10 @@ pub fn report_text(report: &Report) -> String {
             token.status
         ));
         if token.role == "master" {
-            out.push_str(&format!("  {} objects\n", token.objects));
+            out.push_str(&format!(
+                "  {}\n",
+                counted(token.objects, "object", "objects")
+            ));
             continue;
         }
         match (token.initialized_by_run, token.user_pin_set, json.dry_run) {
@@ -516,8 +525,9 @@ pub fn report_text(report: &Report) -> String {
         }
         if verifying {
             out.push_str(&format!(
-                "  {} equal, {} differences\n",
-                token.unchanged, token.differences
+                "  {} equal, {}\n",
+                token.unchanged,
+                counted(token.differences, "difference", "differences")
             ));
             continue;
         }
@@ -528,13 +538,13 @@ pub fn report_text(report: &Report) -> String {
         };
         out.push_str(&format!(
             "  {verb}created {}, {verb}replaced {}, {verb}removed {}; unchanged {}, skipped {}; \
-             {} keys {wrapped}\n",
+             {} {wrapped}\n",
             token.created,
             token.replaced,
             token.removed,
             token.unchanged,
             token.skipped,
-            token.wrapped,
+            counted(token.wrapped, "key", "keys"),
         ));
         if !json.dry_run {
             continue;
