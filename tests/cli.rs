@@ -478,6 +478,40 @@ isolated! {
         assert!(stderr.contains("the tokens differ in 1 place\n"), "{stderr}");
     }
 
+    /// A token that a stopped replication initialized without a user PIN
+    /// fails `verify` with the remedy. The text shows the objects of the
+    /// reference and marks the tokens as not compared, not as equal.
+    #[timeout(120)]
+    fn verify_token_without_user_pin() {
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+        lab.hsms[1].softhsm().with_module(|pkcs11| {
+            let free = pkcs11
+                .get_slots_with_token()
+                .unwrap()
+                .into_iter()
+                .find(|slot| !pkcs11.get_token_info(*slot).unwrap().token_initialized())
+                .expect("SoftHSM2 has a free slot");
+            let so_pin = cryptoki::types::AuthPin::from(crate::common::SO_PIN);
+            pkcs11.init_token(free, &so_pin, MASTER_LABEL).unwrap();
+        });
+
+        let output = run(&lab.config, &["verify"], &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("  7 objects\n"), "the reference was read: {text}");
+        assert!(text.contains("CKR_USER_PIN_NOT_INITIALIZED\n  not compared\n"), "{text}");
+        assert!(!text.contains(" equal, "), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
+        assert!(reasons[0].ends_with("replicate to it, which sets the user PIN"), "{stderr}");
+
+        let output = run(&lab.config, &["--json", "verify"], &BOTH_PINS);
+        let result = json(&output);
+        assert_eq!(result["reports"][0]["tokens"][0]["objects"], 7, "{result:#}");
+        assert_eq!(result["reports"][0]["master_objects"], 7, "{result:#}");
+    }
+
     /// Without a command, the one line on stderr names the commands.
     #[timeout(60)]
     fn missing_command_names_commands() {

@@ -507,11 +507,16 @@ pub fn report_text(report: &Report) -> String {
             shown(&raw.label),
             token.status
         ));
+        // A token that failed before anything was read or compared on it
+        // shows no counts, which would all be 0.
+        let failed = token.status != "CKR_OK";
         if token.role == "master" {
-            out.push_str(&format!(
-                "  {}\n",
-                counted(token.objects, "object", "objects")
-            ));
+            if !failed || token.objects > 0 {
+                out.push_str(&format!(
+                    "  {}\n",
+                    counted(token.objects, "object", "objects")
+                ));
+            }
             continue;
         }
         match (token.initialized_by_run, token.user_pin_set, json.dry_run) {
@@ -522,6 +527,13 @@ pub fn report_text(report: &Report) -> String {
             (false, true, false) => out.push_str("  user PIN set by this run\n"),
             (false, true, true) => out.push_str("  user PIN to be set\n"),
             (false, false, _) => {}
+        }
+        // A verification stops before comparing anything when a token
+        // fails to open, and it reports differences as CKR_FUNCTION_FAILED.
+        let compared = matches!(json.status, "CKR_OK" | "CKR_FUNCTION_FAILED");
+        if verifying && (failed || !compared) {
+            out.push_str("  not compared\n");
+            continue;
         }
         if verifying {
             out.push_str(&format!(
