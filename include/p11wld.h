@@ -310,6 +310,9 @@ typedef struct P11WLD_REPORT_INFO {
  * object is removed (Replicate), or the token equals the reference
  * (Verify). */
 #define P11WLD_TOKEN_COMPLETE 0x4UL
+/* The run read the token's objects, so objects is their number; without
+ * this flag it is 0 because the run stopped before. Since version 2.1. */
+#define P11WLD_TOKEN_OBJECTS_READ 0x8UL
 
 /* One token of a run. The counts of a dry run are the planned ones. */
 typedef struct P11WLD_TOKEN_REPORT {

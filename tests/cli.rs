@@ -512,6 +512,41 @@ isolated! {
         assert_eq!(result["reports"][0]["master_objects"], 7, "{result:#}");
     }
 
+    /// A run rejected before it read the master shows no object count for
+    /// it, and its JSON says that the objects were not read. A run that
+    /// read them shows their number.
+    #[timeout(120)]
+    fn rejected_run_shows_no_count() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial).to_string();
+        let stale = position(&slots, "hsm2", &lab.stale_serials[&1]).to_string();
+        let wrong = format!("{master}={},{stale}=0123456789abcdef", lab.master_serial);
+        let args = ["replicate", "--dry-run", "-s", &master, "-d", &stale, "--expect-serial", &wrong];
+        let output = run(&lab.config, &args, &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.starts_with("master position "), "{text}");
+        assert!(!text.contains("0 objects"), "{text}");
+        let mut json_args = vec!["--json"];
+        json_args.extend(args);
+        let report = json(&run(&lab.config, &json_args, &BOTH_PINS));
+        assert_eq!(report["tokens"][0]["objects_read"], false, "{report:#}");
+
+        let right = expect_serials(&slots, &[master.parse().unwrap(), stale.parse().unwrap()]);
+        let args = ["replicate", "--dry-run", "-s", &master, "-d", &stale, "--expect-serial", &right];
+        let output = run(&lab.config, &args, &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("  7 objects\n"), "{text}");
+        let mut json_args = vec!["--json"];
+        json_args.extend(args);
+        let report = json(&run(&lab.config, &json_args, &BOTH_PINS));
+        assert_eq!(report["tokens"][0]["objects_read"], true, "{report:#}");
+        assert_eq!(report["tokens"][1]["objects_read"], true, "{report:#}");
+        assert_eq!(report["tokens"][1]["objects"], 1, "the stale object: {report:#}");
+    }
+
     /// Without a command, the one line on stderr names the commands.
     #[timeout(60)]
     fn missing_command_names_commands() {

@@ -77,7 +77,7 @@ pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress
         }
     };
     report.master_objects = master_objects.len();
-    report.tokens[0].objects = master_objects.len();
+    report.tokens[0].objects = Some(master_objects.len());
     let master_mechanisms = master_slot
         .module
         .mechanism_list(master_slot.slot_id)
@@ -351,6 +351,8 @@ fn check_destination(
         return None;
     }
     if !state.initialized {
+        // An uninitialized token contains no object.
+        report.tokens[token].objects = Some(0);
         return Some((None, false, Vec::new()));
     }
     if state.label != master_label {
@@ -403,7 +405,7 @@ fn check_destination(
     })();
     match checked {
         Ok((session, needs_user_pin, objects)) => {
-            report.tokens[token].objects = objects.len();
+            report.tokens[token].objects = Some(objects.len());
             Some((Some(session), needs_user_pin, objects))
         }
         Err((kind, rv, message)) => {

@@ -50,7 +50,7 @@ pub fn verify(instance: &Instance, request: &Request, progress: &mut Progress) -
             Ok(opened) => {
                 // Counted as soon as read, so that a run stopped by a later
                 // token reports the objects of the tokens read before it.
-                report.tokens[index].objects = opened.1.len();
+                report.tokens[index].objects = Some(opened.1.len());
                 if index == 0 {
                     report.master_objects = opened.1.len();
                 }

@@ -293,6 +293,8 @@ struct TokenJson {
     initialized_by_run: bool,
     user_pin_set: bool,
     complete: bool,
+    /// Whether the run read the token's objects; `objects` is 0 otherwise.
+    objects_read: bool,
     objects: u64,
     created: u64,
     replaced: u64,
@@ -395,6 +397,7 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
                     initialized_by_run: t.flags & sys::P11WLD_TOKEN_INITIALIZED_BY_RUN != 0,
                     user_pin_set: t.flags & sys::P11WLD_TOKEN_USER_PIN_SET != 0,
                     complete: t.flags & sys::P11WLD_TOKEN_COMPLETE != 0,
+                    objects_read: t.flags & sys::P11WLD_TOKEN_OBJECTS_READ != 0,
                     objects: t.objects,
                     created: t.created,
                     replaced: t.replaced,
@@ -507,11 +510,9 @@ pub fn report_text(report: &Report) -> String {
             shown(&raw.label),
             token.status
         ));
-        // A token that failed before anything was read or compared on it
-        // shows no counts, which would all be 0.
-        let failed = token.status != "CKR_OK";
         if token.role == "master" {
-            if !failed || token.objects > 0 {
+            // A run that stopped before reading the master shows no count.
+            if token.objects_read {
                 out.push_str(&format!(
                     "  {}\n",
                     counted(token.objects, "object", "objects")
@@ -531,7 +532,7 @@ pub fn report_text(report: &Report) -> String {
         // A verification stops before comparing anything when a token
         // fails to open, and it reports differences as CKR_FUNCTION_FAILED.
         let compared = matches!(json.status, "CKR_OK" | "CKR_FUNCTION_FAILED");
-        if verifying && (failed || !compared) {
+        if verifying && (token.status != "CKR_OK" || !compared) {
             out.push_str("  not compared\n");
             continue;
         }

@@ -46,6 +46,9 @@ fn token_report(token: &TokenEntry) -> P11WLD_TOKEN_REPORT {
     if token.complete {
         flags |= sys::P11WLD_TOKEN_COMPLETE;
     }
+    if token.objects.is_some() {
+        flags |= sys::P11WLD_TOKEN_OBJECTS_READ;
+    }
     let mut entry = P11WLD_TOKEN_REPORT {
         role: match token.role {
             Role::Master => sys::P11WLD_ROLE_MASTER,
@@ -54,7 +57,7 @@ fn token_report(token: &TokenEntry) -> P11WLD_TOKEN_REPORT {
         position: count(token.position),
         vendor_slot_id: token.slot_id,
         flags,
-        objects: count(token.objects),
+        objects: count(token.objects.unwrap_or(0)),
         created: count(token.created),
         replaced: count(token.replaced),
         removed: count(token.removed),
