@@ -87,6 +87,21 @@ isolated! {
         assert!(text.contains("note: module hsm2 is not reachable"), "list names the missing module: {text}");
     }
 
+    /// While an HSM's server is down, `status` lists no member of it, and
+    /// its text says so for the module, as `list` does.
+    #[timeout(120)]
+    fn status_notes_unreachable_module() {
+        let mut lab = lab(Reach::P11Kit, &[Start::Stale], |_| {});
+        lab.hsms[1].served().kill_hard();
+        let output = run(&lab.config, &["status"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(!text.contains(&lab.stale_serials[&1]), "{text}");
+        let note = "note: module hsm2 is not reachable (it lists no slot), so the members on its \
+                    tokens are not listed";
+        assert!(text.contains(note), "{text}");
+    }
+
     /// Without --module, the CLI loads libp11wld.so from beside itself,
     /// else from the dynamic loader's path, else from the usual PKCS#11
     /// module directories, which its help and its error name.

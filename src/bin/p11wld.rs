@@ -293,6 +293,11 @@ fn status(cli: &Cli, module: &Module) -> Result<(), Failure> {
         print!("{}", output::modules_text(&modules));
         println!();
         print!("{}", output::members_text(&members));
+        // This process never learned the tokens of a module it cannot
+        // reach, so their members are missing from the list above.
+        for reason in modules.iter().filter_map(output::unreachable_reason) {
+            println!("note: {reason}, so the members on its tokens are not listed");
+        }
         Ok(())
     }
 }
