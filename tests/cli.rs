@@ -562,6 +562,27 @@ isolated! {
         assert_eq!(report["tokens"][1]["objects"], 1, "the stale object: {report:#}");
     }
 
+    /// The help of `replicate` and `verify` names the variables that carry
+    /// the PINs, which no option takes.
+    #[timeout(60)]
+    fn help_names_pin_variables() {
+        let cases: [(&str, &[&str]); 2] = [
+            ("replicate", &["P11WLD_SO_PIN", "P11WLD_USER_PIN"]),
+            ("verify", &["P11WLD_USER_PIN"]),
+        ];
+        for (command, variables) in cases {
+            let output = std::process::Command::new(crate::common::paths::p11wld_cli())
+                .args([command, "--help"])
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{}", describe(&output));
+            let help = String::from_utf8_lossy(&output.stdout);
+            for variable in variables {
+                assert!(help.contains(variable), "{command} --help names {variable}: {help}");
+            }
+        }
+    }
+
     /// Without a command, the one line on stderr names the commands.
     #[timeout(60)]
     fn missing_command_names_commands() {

@@ -70,6 +70,13 @@ struct Cli {
     command: Command,
 }
 
+/// Help text on the sources of the PINs of `replicate`, which no option carries.
+const REPLICATE_PINS: &str = "PINs: the SO PIN from P11WLD_SO_PIN and the user PIN from \
+    P11WLD_USER_PIN, else from a prompt without echo on the terminal. No option takes a PIN.";
+/// Help text on the source of the user PIN of `verify`.
+const VERIFY_PIN: &str = "PIN: the user PIN from P11WLD_USER_PIN, else from a prompt without \
+    echo on the terminal. No option takes a PIN.";
+
 #[derive(Subcommand)]
 enum Command {
     /// List every physical slot with its positional number, label and serial
@@ -78,9 +85,11 @@ enum Command {
     /// member's state, sessions and failures in this process
     Status,
     /// Copy every object and the label of a master token to other tokens
+    #[command(after_help = REPLICATE_PINS)]
     Replicate(ReplicateArgs),
     /// Compare tokens and list every difference; exits with 1 when they
     /// differ
+    #[command(after_help = VERIFY_PIN)]
     Verify(VerifyArgs),
 }
 
