@@ -583,6 +583,69 @@ isolated! {
         }
     }
 
+    /// Ctrl-C at the PIN prompt, which turns the terminal's echo off,
+    /// ends the program with the terminal's echo on again.
+    #[timeout(60)]
+    fn pin_prompt_interrupt_restores_echo() {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let (mut controller, mut terminal) = (-1, -1);
+        // SAFETY: openpty fills in two descriptors; the name and settings
+        // are not requested.
+        let opened = unsafe {
+            libc::openpty(&mut controller, &mut terminal, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+        };
+        assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: openpty returned two open descriptors that nothing else owns.
+        let (controller, terminal) = unsafe { (OwnedFd::from_raw_fd(controller), OwnedFd::from_raw_fd(terminal)) };
+        let echo = |fd: &OwnedFd| {
+            let mut settings = std::mem::MaybeUninit::<libc::termios>::uninit();
+            // SAFETY: `fd` is open; tcgetattr fills in `settings` on success.
+            assert_eq!(unsafe { libc::tcgetattr(std::os::fd::AsRawFd::as_raw_fd(fd), settings.as_mut_ptr()) }, 0);
+            // SAFETY: tcgetattr returned 0.
+            unsafe { settings.assume_init() }.c_lflag & libc::ECHO != 0
+        };
+        assert!(echo(&terminal), "a new terminal echoes");
+
+        let mut command = std::process::Command::new(crate::common::paths::p11wld_cli());
+        command
+            .arg("verify")
+            .env_remove("P11WLD_USER_PIN")
+            .stdin(terminal.try_clone().unwrap())
+            .stdout(terminal.try_clone().unwrap())
+            .stderr(terminal.try_clone().unwrap());
+        // SAFETY: setsid and ioctl are async-signal-safe; they make the
+        // terminal the controlling one of the child, which opens /dev/tty.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        let mut shown = Vec::new();
+        let mut reader = std::fs::File::from(controller.try_clone().unwrap());
+        while !String::from_utf8_lossy(&shown).contains("user PIN: ") {
+            let mut buffer = [0u8; 256];
+            let read = std::io::Read::read(&mut reader, &mut buffer).unwrap();
+            assert!(read > 0, "the prompt appears: {:?}", String::from_utf8_lossy(&shown));
+            shown.extend_from_slice(&buffer[..read]);
+        }
+        // rpassword writes the prompt before it turns echo off.
+        let shown_at = std::time::Instant::now();
+        while echo(&terminal) && shown_at.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!echo(&terminal), "the prompt turns echo off");
+
+        std::io::Write::write_all(&mut std::fs::File::from(controller), b"\x03").unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGINT), "{status:?}");
+        assert!(echo(&terminal), "echo is on again after Ctrl-C");
+    }
+
     /// Without a command, the one line on stderr names the commands.
     #[timeout(60)]
     fn missing_command_names_commands() {
