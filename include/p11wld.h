@@ -33,7 +33,9 @@
  *
  * Version 2.0 added P11WLD_SLOT_REF.vendor_slot_id, which changes the layout
  * of P11WLD_SLOT_REF, P11WLD_REPLICATE_ARGS and P11WLD_VERIFY_ARGS, so a
- * caller built for 1.x must not use a 2.x module.
+ * caller built for 1.x must not use a 2.x module. Version 2.1 added
+ * GetReportProblemMessage at the end of P11WLD_FUNCTION_LIST; a caller
+ * reads that entry only from a module of version 2.1 or later.
  */
 #ifndef P11WLD_H
 #define P11WLD_H
@@ -47,7 +49,7 @@ typedef unsigned long p11wld_rv;
 
 #define P11WLD_INTERFACE_NAME "p11wld"
 #define P11WLD_VERSION_MAJOR 2
-#define P11WLD_VERSION_MINOR 0
+#define P11WLD_VERSION_MINOR 1
 
 /* A p11wld_ulong index or id that names nothing. */
 #define P11WLD_NONE (~0UL)
@@ -299,14 +301,18 @@ typedef struct P11WLD_REPORT_INFO {
 #define P11WLD_ROLE_DESTINATION 2UL
 
 /* P11WLD_TOKEN_REPORT.flags */
-/* The run initialized the token (C_InitToken). */
+/* The run initialized the token (C_InitToken); in a dry run, the run
+ * would. */
 #define P11WLD_TOKEN_INITIALIZED_BY_RUN 0x1UL
-/* The run set the user PIN (C_InitPIN). */
+/* The run set the user PIN (C_InitPIN); in a dry run, the run would. */
 #define P11WLD_TOKEN_USER_PIN_SET 0x2UL
 /* Every object of the master is in place on the token and every extra
  * object is removed (Replicate), or the token equals the reference
  * (Verify). */
 #define P11WLD_TOKEN_COMPLETE 0x4UL
+/* The run read the token's objects, so objects is their number; without
+ * this flag it is 0 because the run stopped before. Since version 2.1. */
+#define P11WLD_TOKEN_OBJECTS_READ 0x8UL
 
 /* One token of a run. The counts of a dry run are the planned ones. */
 typedef struct P11WLD_TOKEN_REPORT {
@@ -427,7 +433,9 @@ typedef struct P11WLD_PROBLEM {
     /* The CKA_ type with P11WLD_PROBLEM_ATTRIBUTE_DIFFERS, else
      * P11WLD_NONE. */
     p11wld_ulong attribute;
-    /* What went wrong, in one line. Never contains a PIN or key value. */
+    /* What went wrong, in one line. Never contains a PIN or key value.
+     * A long message is cut to fit, so it can lose its end, where the
+     * remedy is. GetReportProblemMessage returns the whole message. */
     char message[P11WLD_MESSAGE_SIZE];
 } P11WLD_PROBLEM;
 
@@ -493,6 +501,12 @@ typedef struct P11WLD_FUNCTION_LIST {
      * the calling process reaches it. */
     p11wld_rv (*GetModuleStatus)(P11WLD_MODULE_STATUS *modules,
                                  p11wld_ulong *count);
+    /* Copies the whole message of the problem at `index` of the report's
+     * problem list, NUL-terminated, by the two-call convention: *size is
+     * its size in bytes with the NUL. Since version 2.1. */
+    p11wld_rv (*GetReportProblemMessage)(P11WLD_REPORT_HANDLE report,
+                                         p11wld_ulong index, char *message,
+                                         p11wld_ulong *size);
 } P11WLD_FUNCTION_LIST;
 
 /* Sets *list to the extension's function list. */

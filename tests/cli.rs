@@ -87,6 +87,21 @@ isolated! {
         assert!(text.contains("note: module hsm2 is not reachable"), "list names the missing module: {text}");
     }
 
+    /// While an HSM's server is down, `status` lists no member of it, and
+    /// its text says so for the module, as `list` does.
+    #[timeout(120)]
+    fn status_notes_unreachable_module() {
+        let mut lab = lab(Reach::P11Kit, &[Start::Stale], |_| {});
+        lab.hsms[1].served().kill_hard();
+        let output = run(&lab.config, &["status"], &Pins { so: None, user: None });
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(!text.contains(&lab.stale_serials[&1]), "{text}");
+        let note = "note: module hsm2 is not reachable (it lists no slot), so the members on its \
+                    tokens are not listed";
+        assert!(text.contains(note), "{text}");
+    }
+
     /// Without --module, the CLI loads libp11wld.so from beside itself,
     /// else from the dynamic loader's path, else from the usual PKCS#11
     /// module directories, which its help and its error name.
@@ -386,6 +401,285 @@ isolated! {
         assert!(text.contains("plan: remove data object label \"stale-object\""), "{text}");
         let objects = snapshot(lab.hsms[1].softhsm(), &stale);
         assert_eq!(objects.len(), 1, "only the stale object: {:?}", objects.keys());
+    }
+
+    /// A dry run to an uninitialized token states that the run would
+    /// initialize it and set its user PIN, in the text and in the JSON,
+    /// and leaves it uninitialized.
+    #[timeout(120)]
+    fn dry_run_shows_token_initialization() {
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial);
+        let free = position(&slots, "hsm2", "");
+        let output = replicate(&lab, &slots, master, &[free], &["--dry-run"], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let report = json(&output);
+        assert_eq!(report["dry_run"], true);
+        assert_eq!(report["tokens"][1]["initialized_by_run"], true, "{report:#}");
+        assert_eq!(report["tokens"][1]["user_pin_set"], true, "{report:#}");
+
+        let expect = expect_serials(&slots, &[master, free]);
+        let (master, free) = (master.to_string(), free.to_string());
+        let args = ["replicate", "--dry-run", "-s", &master, "-d", &free, "--expect-serial", &expect];
+        let output = run(&lab.config, &args, &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("  to be initialized with the master's label"), "{text}");
+        assert!(!text.contains("initialized by this run"), "{text}");
+        assert!(tokens(&lab, 1).iter().all(|t| !t.initialized), "{:?}", tokens(&lab, 1));
+    }
+
+    /// A problem's message longer than the 256-byte field of the report
+    /// reaches the JSON, the text and the line on stderr whole, so that
+    /// its end, the remedy, is there.
+    #[timeout(120)]
+    fn long_problem_message_whole() {
+        let lab = lab(Reach::P11Kit, &[Start::Stale], |_| {});
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        let stale_uri = format!("pkcs11:serial={}", lab.stale_serials[&1]);
+        let args = ["replicate", "--dry-run", "-s", master_uri.as_str(), "-d", stale_uri.as_str()];
+        let remedy = "(p11wld replicate --skip-unextractable)";
+
+        let mut json_args = vec!["--json"];
+        json_args.extend(args);
+        let output = run(&lab.config, &json_args, &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let report = json(&output);
+        let blocked: Vec<&serde_json::Value> = report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "cannot-travel")
+            .collect();
+        assert_eq!(blocked.len(), 2, "the RSA and EC private keys: {report:#}");
+        for problem in blocked {
+            let message = problem["message"].as_str().unwrap();
+            assert!(message.len() > 255, "longer than the field: {message}");
+            assert!(message.ends_with(remedy), "{message}");
+        }
+
+        let output = run(&lab.config, &args, &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("cannot-travel: ")).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines.iter().all(|l| l.ends_with(remedy)), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
+        assert!(reasons[0].ends_with(remedy), "{stderr}");
+    }
+
+    /// Text output uses the singular for a count of one: "1 difference",
+    /// "differ in 1 place".
+    #[timeout(120)]
+    fn one_difference_singular() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let stale = lab.stale_serials[&1].clone();
+        let master_uri = format!("pkcs11:serial={}", lab.master_serial);
+        let stale_uri = format!("pkcs11:serial={stale}");
+        let output = run(&lab.config, &["replicate", "-s", &master_uri, "-d", &stale_uri], &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        lab.hsms[1].softhsm().with_user_session(&stale, crate::common::USER_PIN, |session| {
+            create_data_object(session, "one-extra", b"extra");
+        });
+
+        let output = run(&lab.config, &["verify", "-s", &master_uri, "-d", &stale_uri], &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(", 1 difference\n"), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("the tokens differ in 1 place\n"), "{stderr}");
+    }
+
+    /// A token that a stopped replication initialized without a user PIN
+    /// fails `verify` with the remedy. The text shows the objects of the
+    /// reference and marks the tokens as not compared, not as equal.
+    #[timeout(120)]
+    fn verify_token_without_user_pin() {
+        let lab = lab(Reach::Direct, &[Start::Uninitialized], |_| {});
+        lab.hsms[1].softhsm().with_module(|pkcs11| {
+            let free = pkcs11
+                .get_slots_with_token()
+                .unwrap()
+                .into_iter()
+                .find(|slot| !pkcs11.get_token_info(*slot).unwrap().token_initialized())
+                .expect("SoftHSM2 has a free slot");
+            let so_pin = cryptoki::types::AuthPin::from(crate::common::SO_PIN);
+            pkcs11.init_token(free, &so_pin, MASTER_LABEL).unwrap();
+        });
+
+        let output = run(&lab.config, &["verify"], &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("  7 objects\n"), "the reference was read: {text}");
+        assert!(text.contains("CKR_USER_PIN_NOT_INITIALIZED\n  not compared\n"), "{text}");
+        assert!(!text.contains(" equal, "), "{text}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reasons: Vec<&str> = stderr.lines().filter(|l| l.starts_with("p11wld:")).collect();
+        assert_eq!(reasons.len(), 1, "{stderr}");
+        assert!(reasons[0].ends_with("replicate to it, which sets the user PIN"), "{stderr}");
+
+        let output = run(&lab.config, &["--json", "verify"], &BOTH_PINS);
+        let result = json(&output);
+        assert_eq!(result["reports"][0]["tokens"][0]["objects"], 7, "{result:#}");
+        assert_eq!(result["reports"][0]["master_objects"], 7, "{result:#}");
+    }
+
+    /// A run rejected before it read the master shows no object count for
+    /// it, and its JSON says that the objects were not read. A run that
+    /// read them shows their number.
+    #[timeout(120)]
+    fn rejected_run_shows_no_count() {
+        let lab = lab(Reach::Direct, &[Start::Stale], |_| {});
+        let slots = list(&lab.config);
+        let master = position(&slots, "hsm1", &lab.master_serial).to_string();
+        let stale = position(&slots, "hsm2", &lab.stale_serials[&1]).to_string();
+        let wrong = format!("{master}={},{stale}=0123456789abcdef", lab.master_serial);
+        let args = ["replicate", "--dry-run", "-s", &master, "-d", &stale, "--expect-serial", &wrong];
+        let output = run(&lab.config, &args, &BOTH_PINS);
+        assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.starts_with("master position "), "{text}");
+        assert!(!text.contains("0 objects"), "{text}");
+        let mut json_args = vec!["--json"];
+        json_args.extend(args);
+        let report = json(&run(&lab.config, &json_args, &BOTH_PINS));
+        assert_eq!(report["tokens"][0]["objects_read"], false, "{report:#}");
+
+        let right = expect_serials(&slots, &[master.parse().unwrap(), stale.parse().unwrap()]);
+        let args = ["replicate", "--dry-run", "-s", &master, "-d", &stale, "--expect-serial", &right];
+        let output = run(&lab.config, &args, &BOTH_PINS);
+        assert!(output.status.success(), "{}", describe(&output));
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("  7 objects\n"), "{text}");
+        let mut json_args = vec!["--json"];
+        json_args.extend(args);
+        let report = json(&run(&lab.config, &json_args, &BOTH_PINS));
+        assert_eq!(report["tokens"][0]["objects_read"], true, "{report:#}");
+        assert_eq!(report["tokens"][1]["objects_read"], true, "{report:#}");
+        assert_eq!(report["tokens"][1]["objects"], 1, "the stale object: {report:#}");
+    }
+
+    /// The help of `replicate` and `verify` names the variables that carry
+    /// the PINs, which no option takes.
+    #[timeout(60)]
+    fn help_names_pin_variables() {
+        let cases: [(&str, &[&str]); 2] = [
+            ("replicate", &["P11WLD_SO_PIN", "P11WLD_USER_PIN"]),
+            ("verify", &["P11WLD_USER_PIN"]),
+        ];
+        for (command, variables) in cases {
+            let output = std::process::Command::new(crate::common::paths::p11wld_cli())
+                .args([command, "--help"])
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{}", describe(&output));
+            let help = String::from_utf8_lossy(&output.stdout);
+            for variable in variables {
+                assert!(help.contains(variable), "{command} --help names {variable}: {help}");
+            }
+        }
+    }
+
+    /// Ctrl-C at the PIN prompt, which turns the terminal's echo off,
+    /// ends the program with the terminal's echo on again.
+    #[timeout(60)]
+    fn pin_prompt_interrupt_restores_echo() {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let (mut controller, mut terminal) = (-1, -1);
+        // SAFETY: openpty fills in two descriptors; the name and settings
+        // are not requested.
+        let opened = unsafe {
+            libc::openpty(&mut controller, &mut terminal, std::ptr::null_mut(), std::ptr::null(), std::ptr::null())
+        };
+        assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: openpty returned two open descriptors that nothing else owns.
+        let (controller, terminal) = unsafe { (OwnedFd::from_raw_fd(controller), OwnedFd::from_raw_fd(terminal)) };
+        let echo = |fd: &OwnedFd| {
+            let mut settings = std::mem::MaybeUninit::<libc::termios>::uninit();
+            // SAFETY: `fd` is open; tcgetattr fills in `settings` on success.
+            assert_eq!(unsafe { libc::tcgetattr(std::os::fd::AsRawFd::as_raw_fd(fd), settings.as_mut_ptr()) }, 0);
+            // SAFETY: tcgetattr returned 0.
+            unsafe { settings.assume_init() }.c_lflag & libc::ECHO != 0
+        };
+        assert!(echo(&terminal), "a new terminal echoes");
+
+        let mut command = std::process::Command::new(crate::common::paths::p11wld_cli());
+        command
+            .arg("verify")
+            .env_remove("P11WLD_USER_PIN")
+            .stdin(terminal.try_clone().unwrap())
+            .stdout(terminal.try_clone().unwrap())
+            .stderr(terminal.try_clone().unwrap());
+        // SAFETY: setsid and ioctl are async-signal-safe; they make the
+        // terminal the controlling one of the child, which opens /dev/tty.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        let mut shown = Vec::new();
+        let mut reader = std::fs::File::from(controller.try_clone().unwrap());
+        while !String::from_utf8_lossy(&shown).contains("user PIN: ") {
+            let mut buffer = [0u8; 256];
+            let read = std::io::Read::read(&mut reader, &mut buffer).unwrap();
+            assert!(read > 0, "the prompt appears: {:?}", String::from_utf8_lossy(&shown));
+            shown.extend_from_slice(&buffer[..read]);
+        }
+        // rpassword writes the prompt before it turns echo off.
+        let shown_at = std::time::Instant::now();
+        while echo(&terminal) && shown_at.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!echo(&terminal), "the prompt turns echo off");
+
+        std::io::Write::write_all(&mut std::fs::File::from(controller), b"\x03").unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGINT), "{status:?}");
+        assert!(echo(&terminal), "echo is on again after Ctrl-C");
+    }
+
+    /// Without a command, the one line on stderr names the commands.
+    #[timeout(60)]
+    fn missing_command_names_commands() {
+        let output = std::process::Command::new(crate::common::paths::p11wld_cli())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("list, status, replicate, verify"), "{stderr}");
+    }
+
+    /// A module that cannot be loaded is reported with the dynamic
+    /// loader's reason: a missing file, a file that is no shared object.
+    #[timeout(60)]
+    fn unloadable_module_gives_loader_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("libp11wld.so");
+        let not_elf = dir.path().join("not-elf.so");
+        std::fs::write(&not_elf, "This text is no shared object; it is longer than an ELF header.\n").unwrap();
+        for (module, reason) in [(&missing, "cannot open shared object file"), (&not_elf, "invalid ELF header")] {
+            let output = std::process::Command::new(crate::common::paths::p11wld_cli())
+                .arg("--module")
+                .arg(module)
+                .arg("list")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.contains(reason), "{}: {stderr}", module.display());
+        }
     }
 }
 

@@ -29,7 +29,8 @@ mod sys {
 }
 
 use address::SlotArg;
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use cryptoki_sys::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use module::Module;
@@ -69,6 +70,13 @@ struct Cli {
     command: Command,
 }
 
+/// Help text on the sources of the PINs of `replicate`, which no option carries.
+const REPLICATE_PINS: &str = "PINs: the SO PIN from P11WLD_SO_PIN and the user PIN from \
+    P11WLD_USER_PIN, else from a prompt without echo on the terminal. No option takes a PIN.";
+/// Help text on the source of the user PIN of `verify`.
+const VERIFY_PIN: &str = "PIN: the user PIN from P11WLD_USER_PIN, else from a prompt without \
+    echo on the terminal. No option takes a PIN.";
+
 #[derive(Subcommand)]
 enum Command {
     /// List every physical slot with its positional number, label and serial
@@ -77,9 +85,11 @@ enum Command {
     /// member's state, sessions and failures in this process
     Status,
     /// Copy every object and the label of a master token to other tokens
+    #[command(after_help = REPLICATE_PINS)]
     Replicate(ReplicateArgs),
     /// Compare tokens and list every difference; exits with 1 when they
     /// differ
+    #[command(after_help = VERIFY_PIN)]
     Verify(VerifyArgs),
 }
 
@@ -178,6 +188,21 @@ fn parse() -> Result<Cli, Failure> {
         Ok(cli) => Ok(cli),
         // --help and --version print to stdout and exit with 0.
         Err(error) if !error.use_stderr() => error.exit(),
+        // Without a command clap renders the whole help, whose first
+        // paragraph is the program's description, not a reason.
+        Err(error) if error.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let commands: Vec<String> = Cli::command()
+                .get_subcommands()
+                .map(|c| c.get_name().to_owned())
+                .collect();
+            Err(Failure(
+                format!(
+                    "missing command: expected one of {}; see p11wld --help",
+                    commands.join(", ")
+                ),
+                USAGE,
+            ))
+        }
         Err(error) => {
             let rendered = error.render().to_string();
             let reason: Vec<&str> = rendered
@@ -277,6 +302,11 @@ fn status(cli: &Cli, module: &Module) -> Result<(), Failure> {
         print!("{}", output::modules_text(&modules));
         println!();
         print!("{}", output::members_text(&members));
+        // This process never learned the tokens of a module it cannot
+        // reach, so their members are missing from the list above.
+        for reason in modules.iter().filter_map(output::unreachable_reason) {
+            println!("note: {reason}, so the members on its tokens are not listed");
+        }
         Ok(())
     }
 }
@@ -352,12 +382,16 @@ impl Outcome {
         let reason = report
             .problems
             .iter()
-            .find(|p| p.flags & sys::P11WLD_PROBLEM_SKIPPED == 0 && p.rv != CKR_OK)
-            .map(|p| module::text(&p.message));
+            .zip(&report.messages)
+            .find(|(p, _)| p.flags & sys::P11WLD_PROBLEM_SKIPPED == 0 && p.rv != CKR_OK)
+            .map(|(_, message)| message.clone());
         let message = match reason {
             Some(reason) => format!("{command} failed: {reason}"),
             None if differences > 0 => {
-                format!("{command}: the tokens differ in {differences} places")
+                format!(
+                    "{command}: the tokens differ in {}",
+                    output::counted(differences, "place", "places")
+                )
             }
             None => format!("{command} failed: {name}"),
         };

@@ -44,6 +44,7 @@ pub static FUNCTION_LIST: P11WLD_FUNCTION_LIST = P11WLD_FUNCTION_LIST {
     GetReportProblems: Some(report::get_report_problems),
     FreeReport: Some(report::free_report),
     GetModuleStatus: Some(get_module_status),
+    GetReportProblemMessage: Some(report::get_report_problem_message),
 };
 
 /// Sets `*list` to the extension's function list. Works before

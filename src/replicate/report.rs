@@ -34,7 +34,9 @@ pub struct TokenEntry {
     pub initialized_by_run: bool,
     pub user_pin_set: bool,
     pub complete: bool,
-    pub objects: usize,
+    /// The number of the token's objects, or `None` when the run stopped
+    /// before reading them.
+    pub objects: Option<usize>,
     pub created: usize,
     pub replaced: usize,
     pub removed: usize,
@@ -57,7 +59,7 @@ impl TokenEntry {
             initialized_by_run: false,
             user_pin_set: false,
             complete: false,
-            objects: 0,
+            objects: None,
             created: 0,
             replaced: 0,
             removed: 0,

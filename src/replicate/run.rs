@@ -77,7 +77,7 @@ pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress
         }
     };
     report.master_objects = master_objects.len();
-    report.tokens[0].objects = master_objects.len();
+    report.tokens[0].objects = Some(master_objects.len());
     let master_mechanisms = master_slot
         .module
         .mechanism_list(master_slot.slot_id)
@@ -123,7 +123,11 @@ pub fn replicate(instance: &Instance, request: &Request, progress: &mut Progress
         // A rejected dry run reports its plan too, so the counts match the
         // planned actions.
         for dest in &destinations {
-            count_planned(&dest.plan, &mut report.tokens[dest.token]);
+            let entry = &mut report.tokens[dest.token];
+            count_planned(&dest.plan, entry);
+            // The writes to the token itself are planned as well.
+            entry.initialized_by_run = dest.session.is_none();
+            entry.user_pin_set = dest.session.is_none() || dest.needs_user_pin;
         }
         return report;
     }
@@ -347,6 +351,8 @@ fn check_destination(
         return None;
     }
     if !state.initialized {
+        // An uninitialized token contains no object.
+        report.tokens[token].objects = Some(0);
         return Some((None, false, Vec::new()));
     }
     if state.label != master_label {
@@ -399,7 +405,7 @@ fn check_destination(
     })();
     match checked {
         Ok((session, needs_user_pin, objects)) => {
-            report.tokens[token].objects = objects.len();
+            report.tokens[token].objects = Some(objects.len());
             Some((Some(session), needs_user_pin, objects))
         }
         Err((kind, rv, message)) => {
@@ -532,7 +538,8 @@ fn plan_destination(
         let outcome = if request.skip_unextractable {
             "skipped at the caller's request"
         } else {
-            "nothing was written; pass the skip flag to replicate without it"
+            "nothing was written; to replicate without it, pass \
+             P11WLD_REPLICATE_SKIP_UNEXTRACTABLE (p11wld replicate --skip-unextractable)"
         };
         report.problem(Problem {
             token: Some(dest.token),

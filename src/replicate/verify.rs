@@ -47,7 +47,15 @@ pub fn verify(instance: &Instance, request: &Request, progress: &mut Progress) -
     let mut sessions = Vec::new();
     for (index, slot) in tokens.iter().enumerate() {
         match open(slot, request.user_pin) {
-            Ok(opened) => sessions.push(opened),
+            Ok(opened) => {
+                // Counted as soon as read, so that a run stopped by a later
+                // token reports the objects of the tokens read before it.
+                report.tokens[index].objects = Some(opened.1.len());
+                if index == 0 {
+                    report.master_objects = opened.1.len();
+                }
+                sessions.push(opened);
+            }
             Err((kind, rv, message)) => {
                 report.fail(Some(index), kind, rv, message);
                 // The PIN is tried on no further token once one rejected it.
@@ -55,10 +63,6 @@ pub fn verify(instance: &Instance, request: &Request, progress: &mut Progress) -
             }
         }
     }
-    for (index, (_, objects)) in sessions.iter().enumerate() {
-        report.tokens[index].objects = objects.len();
-    }
-    report.master_objects = sessions[0].1.len();
     progress.total = report.master_objects * (sessions.len() - 1);
 
     let (reference, rest) = sessions
@@ -199,10 +203,17 @@ fn open(slot: &PhysicalSlot, user_pin: &[u8]) -> Result<Opened, (ProblemKind, CK
         } else {
             ProblemKind::Failed
         };
+        // A replication stopped between C_InitToken and C_InitPIN leaves
+        // a token without user PIN, and the next replication sets it.
+        let remedy = if rv.0 == CKR_USER_PIN_NOT_INITIALIZED {
+            "; the token has no user PIN yet, so replicate to it, which sets the user PIN"
+        } else {
+            ""
+        };
         (
             kind,
             rv.0,
-            format!("{}: {what} failed: {rv}", slot.describe()),
+            format!("{}: {what} failed: {rv}{remedy}", slot.describe()),
         )
     };
     let session = TokenSession::open(&slot.module, slot.slot_id, false)

@@ -62,7 +62,7 @@ pub fn open_library(requested: Option<&Path>) -> Result<(libloading::Library, Pa
         // SAFETY: loading a PKCS#11 module runs its initializers, which is
         // what the operator asked for by naming it.
         let library = unsafe { libloading::Library::new(path) }
-            .map_err(|e| format!("cannot load {}: {e}", path.display()))?;
+            .map_err(|e| format!("cannot load {}: {}", path.display(), error_chain(&e)))?;
         return Ok((library, path.to_owned()));
     }
     let mut tried = Vec::new();
@@ -82,7 +82,11 @@ pub fn open_library(requested: Option<&Path>) -> Result<(libloading::Library, Pa
             // A file that exists but does not load is reported, not
             // passed over for one elsewhere.
             Err(e) if path.is_absolute() => {
-                return Err(format!("cannot load {}: {e}", path.display()))
+                return Err(format!(
+                    "cannot load {}: {}",
+                    path.display(),
+                    error_chain(&e)
+                ))
             }
             Err(_) => tried.push("the dynamic loader's path".to_owned()),
         }
@@ -93,10 +97,28 @@ pub fn open_library(requested: Option<&Path>) -> Result<(libloading::Library, Pa
     ))
 }
 
+/// Formats a loader error with its sources: libloading's own text is
+/// only "dlopen failed" or "dlsym failed", and the dynamic loader's reason
+/// (a missing file, a wrong ELF class, an unresolved dependency) is its
+/// source.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// A loaded and initialized libp11wld.so, finalized when dropped.
 pub struct Module {
     functions: *const CK_FUNCTION_LIST,
     ext: *const P11WLD_FUNCTION_LIST,
+    /// The extension's minor version: entries added to the end of its list
+    /// are read only from a module that has them.
+    ext_minor: u8,
     // Keeps the library mapped while the lists are used.
     _library: libloading::Library,
 }
@@ -123,9 +145,13 @@ impl Module {
         let path = path.as_path();
         let functions = standard_list(&library, path)?;
         let ext = extension_list(&library, path)?;
+        // SAFETY: checked non-NULL by `extension_list`; the list starts
+        // with its version.
+        let ext_minor = unsafe { (*ext).version.minor };
         let module = Module {
             functions,
             ext,
+            ext_minor,
             _library: library,
         };
         let mut args = CK_C_INITIALIZE_ARGS {
@@ -213,9 +239,42 @@ impl Module {
                 ext_call!(self, GetReportProblems(handle, list, count))
             })
             .unwrap_or_default(),
+            messages: Vec::new(),
+        });
+        let report = report.map(|mut report| {
+            report.messages = (0..report.problems.len())
+                .map(|index| self.problem_message(handle, index, &report.problems[index]))
+                .collect();
+            report
         });
         ext_call!(self, FreeReport(handle));
         report
+    }
+
+    /// Reads the whole message of a report's problem, which the problem's
+    /// field contains cut to fit. A module before version 2.1 gives the
+    /// field only.
+    fn problem_message(
+        &self,
+        handle: sys::P11WLD_REPORT_HANDLE,
+        index: usize,
+        problem: &sys::P11WLD_PROBLEM,
+    ) -> String {
+        let whole = (self.ext_minor >= 1)
+            .then(|| {
+                fetch("GetReportProblemMessage", |message, size| {
+                    ext_call!(
+                        self,
+                        GetReportProblemMessage(handle, index as sys::p11wld_ulong, message, size)
+                    )
+                })
+                .ok()
+            })
+            .flatten();
+        match whole {
+            Some(message) => text(&message),
+            None => text(&problem.message),
+        }
     }
 }
 
@@ -235,6 +294,8 @@ pub struct Report {
     pub tokens: Vec<sys::P11WLD_TOKEN_REPORT>,
     pub actions: Vec<sys::P11WLD_ACTION>,
     pub problems: Vec<sys::P11WLD_PROBLEM>,
+    /// The whole message of each problem, in the order of `problems`.
+    pub messages: Vec<String>,
 }
 
 fn standard_list(
@@ -244,8 +305,13 @@ fn standard_list(
     type GetFunctionList = unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV;
     // SAFETY: C_GetFunctionList has this signature in every PKCS#11 version.
     let get: libloading::Symbol<'_, GetFunctionList> =
-        unsafe { library.get(b"C_GetFunctionList\0") }
-            .map_err(|e| format!("{} is not a PKCS#11 module: {e}", path.display()))?;
+        unsafe { library.get(b"C_GetFunctionList\0") }.map_err(|e| {
+            format!(
+                "{} is not a PKCS#11 module: {}",
+                path.display(),
+                error_chain(&e)
+            )
+        })?;
     let mut list: *mut CK_FUNCTION_LIST = ptr::null_mut();
     // SAFETY: `list` is a valid out pointer.
     let rv = unsafe { get(&mut list) };
@@ -275,8 +341,9 @@ fn extension_list(
     let get: libloading::Symbol<'_, GetInterface> = unsafe { library.get(b"C_GetInterface\0") }
         .map_err(|e| {
             format!(
-                "{} has no C_GetInterface, so it is not libp11wld.so: {e}",
-                path.display()
+                "{} has no C_GetInterface, so it is not libp11wld.so: {}",
+                path.display(),
+                error_chain(&e)
             )
         })?;
     let name: &CStr = c"p11wld";

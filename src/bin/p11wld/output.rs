@@ -39,6 +39,12 @@ fn json_label(field: &[std::ffi::c_char]) -> (String, Option<String>) {
     }
 }
 
+/// Formats a count with the singular or the plural noun: "1 place", "2
+/// places".
+pub fn counted(count: u64, singular: &str, plural: &str) -> String {
+    format!("{count} {}", if count == 1 { singular } else { plural })
+}
+
 /// Escapes a string for a terminal.
 fn escaped(text: &str) -> String {
     escape_nonprintable(text.as_bytes())
@@ -287,6 +293,8 @@ struct TokenJson {
     initialized_by_run: bool,
     user_pin_set: bool,
     complete: bool,
+    /// Whether the run read the token's objects; `objects` is 0 otherwise.
+    objects_read: bool,
     objects: u64,
     created: u64,
     replaced: u64,
@@ -389,6 +397,7 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
                     initialized_by_run: t.flags & sys::P11WLD_TOKEN_INITIALIZED_BY_RUN != 0,
                     user_pin_set: t.flags & sys::P11WLD_TOKEN_USER_PIN_SET != 0,
                     complete: t.flags & sys::P11WLD_TOKEN_COMPLETE != 0,
+                    objects_read: t.flags & sys::P11WLD_TOKEN_OBJECTS_READ != 0,
                     objects: t.objects,
                     created: t.created,
                     replaced: t.replaced,
@@ -415,7 +424,8 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
         problems: report
             .problems
             .iter()
-            .map(|p| ProblemJson {
+            .zip(&report.messages)
+            .map(|(p, message)| ProblemJson {
                 token: index(p.token_index),
                 kind: problem_kind(p.kind),
                 rv: ckr_name(p.rv),
@@ -423,7 +433,7 @@ pub fn report_json(command: &'static str, report: &Report) -> ReportJson {
                 object: (p.flags & sys::P11WLD_PROBLEM_HAS_OBJECT != 0)
                     .then(|| object_json(&p.object)),
                 attribute: index(p.attribute),
-                message: text(&p.message),
+                message: message.clone(),
             })
             .collect(),
     }
@@ -501,18 +511,36 @@ pub fn report_text(report: &Report) -> String {
             token.status
         ));
         if token.role == "master" {
-            out.push_str(&format!("  {} objects\n", token.objects));
+            // A run that stopped before reading the master shows no count.
+            if token.objects_read {
+                out.push_str(&format!(
+                    "  {}\n",
+                    counted(token.objects, "object", "objects")
+                ));
+            }
             continue;
         }
-        if token.initialized_by_run {
-            out.push_str("  initialized by this run, user PIN set\n");
-        } else if token.user_pin_set {
-            out.push_str("  user PIN set by this run\n");
+        match (token.initialized_by_run, token.user_pin_set, json.dry_run) {
+            (true, _, false) => out.push_str("  initialized by this run, user PIN set\n"),
+            (true, _, true) => out.push_str(
+                "  to be initialized with the master's label, the SO PIN and the user PIN\n",
+            ),
+            (false, true, false) => out.push_str("  user PIN set by this run\n"),
+            (false, true, true) => out.push_str("  user PIN to be set\n"),
+            (false, false, _) => {}
+        }
+        // A verification stops before comparing anything when a token
+        // fails to open, and it reports differences as CKR_FUNCTION_FAILED.
+        let compared = matches!(json.status, "CKR_OK" | "CKR_FUNCTION_FAILED");
+        if verifying && (token.status != "CKR_OK" || !compared) {
+            out.push_str("  not compared\n");
+            continue;
         }
         if verifying {
             out.push_str(&format!(
-                "  {} equal, {} differences\n",
-                token.unchanged, token.differences
+                "  {} equal, {}\n",
+                token.unchanged,
+                counted(token.differences, "difference", "differences")
             ));
             continue;
         }
@@ -523,13 +551,13 @@ pub fn report_text(report: &Report) -> String {
         };
         out.push_str(&format!(
             "  {verb}created {}, {verb}replaced {}, {verb}removed {}; unchanged {}, skipped {}; \
-             {} keys {wrapped}\n",
+             {} {wrapped}\n",
             token.created,
             token.replaced,
             token.removed,
             token.unchanged,
             token.skipped,
-            token.wrapped,
+            counted(token.wrapped, "key", "keys"),
         ));
         if !json.dry_run {
             continue;

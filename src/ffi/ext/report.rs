@@ -46,6 +46,9 @@ fn token_report(token: &TokenEntry) -> P11WLD_TOKEN_REPORT {
     if token.complete {
         flags |= sys::P11WLD_TOKEN_COMPLETE;
     }
+    if token.objects.is_some() {
+        flags |= sys::P11WLD_TOKEN_OBJECTS_READ;
+    }
     let mut entry = P11WLD_TOKEN_REPORT {
         role: match token.role {
             Role::Master => sys::P11WLD_ROLE_MASTER,
@@ -54,7 +57,7 @@ fn token_report(token: &TokenEntry) -> P11WLD_TOKEN_REPORT {
         position: count(token.position),
         vendor_slot_id: token.slot_id,
         flags,
-        objects: count(token.objects),
+        objects: count(token.objects.unwrap_or(0)),
         created: count(token.created),
         replaced: count(token.replaced),
         removed: count(token.removed),
@@ -198,6 +201,35 @@ pub(super) unsafe extern "C" fn get_report_problems(
         let list: Vec<_> = find(handle)?.problems.iter().map(problem).collect();
         // SAFETY: forwarded from the caller's contract.
         unsafe { fill_list(&list, problems, count) }
+    })
+}
+
+/// `GetReportProblemMessage`: the whole message of one problem, which
+/// `GetReportProblems` cuts to its field.
+///
+/// # Safety
+/// `size` is NULL or valid; `message` is NULL or points to `*size`
+/// writable bytes.
+pub(super) unsafe extern "C" fn get_report_problem_message(
+    handle: sys::P11WLD_REPORT_HANDLE,
+    index: sys::p11wld_ulong,
+    message: *mut std::ffi::c_char,
+    size: *mut sys::p11wld_ulong,
+) -> sys::p11wld_rv {
+    guard("GetReportProblemMessage", || {
+        let report = find(handle)?;
+        let problem = usize::try_from(index)
+            .ok()
+            .and_then(|index| report.problems.get(index))
+            .ok_or(Rv(CKR_ARGUMENTS_BAD))?;
+        let text: Vec<std::ffi::c_char> = problem
+            .message
+            .bytes()
+            .chain([0])
+            .map(|b| b as std::ffi::c_char)
+            .collect();
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { fill_list(&text, message, size) }
     })
 }
 
