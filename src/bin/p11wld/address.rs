@@ -26,12 +26,42 @@ const SERIAL_LEN: usize = 16;
 /// Parses a positional number or a PKCS#11 URI.
 pub fn parse_slot(text: &str) -> Result<SlotArg, String> {
     let text = text.trim();
-    if let Some(uri) = text.strip_prefix("pkcs11:") {
-        return parse_uri(uri);
+    // URI schemes are case-insensitive (RFC 3986, section 3.1).
+    const SCHEME: &str = "pkcs11:";
+    if text
+        .get(..SCHEME.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(SCHEME))
+    {
+        return parse_uri(&text[SCHEME.len()..]);
     }
-    text.parse::<usize>().map(SlotArg::Position).map_err(|_| {
-        format!("invalid slot {text:?}: expected a positional number from `p11wld list` or a URI pkcs11:serial=SERIAL")
+    parse_position(text).map(SlotArg::Position).ok_or_else(|| {
+        format!(
+            "invalid slot {text:?}: expected a positional number from `p11wld list` or a URI \
+             pkcs11:serial=SERIAL"
+        )
     })
+}
+
+/// Parses a positional number: decimal digits only, without a sign.
+fn parse_position(text: &str) -> Option<usize> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| text.parse().ok()).flatten()
+}
+
+/// Decodes the percent-encoded value of a URI attribute, rejecting a `%`
+/// that two hexadecimal digits do not follow.
+fn decode_value(uri: &str, value: &str) -> Result<Vec<u8>, String> {
+    let bytes = value.as_bytes();
+    for (index, _) in value.match_indices('%') {
+        let hex = bytes.get(index + 1..index + 3);
+        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            return Err(format!(
+                "invalid URI pkcs11:{uri}: {value:?} has a % without two hexadecimal digits; \
+                 write a literal % as %25"
+            ));
+        }
+    }
+    Ok(percent_encoding::percent_decode_str(value).collect())
 }
 
 /// Parses the part of a PKCS#11 URI after `pkcs11:`. The path must name
@@ -53,7 +83,7 @@ fn parse_uri(uri: &str) -> Result<SlotArg, String> {
             format!("invalid URI pkcs11:{uri}: attribute {attribute:?} has no value")
         })?;
         // RFC 7512 percent-encodes any byte, so a label need not be UTF-8.
-        let value: Vec<u8> = percent_encoding::percent_decode_str(value).collect();
+        let value = decode_value(uri, value)?;
         let slot = match name {
             "serial" => &mut serial,
             "token" => &mut label,
@@ -160,7 +190,7 @@ pub fn parse_expected(entries: &[String]) -> Result<BTreeMap<usize, Expected>, S
         })?;
         let (serial, module) = value.rsplit_once('@').unwrap_or((value, ""));
         let (module, slot_id) = split_module(module.trim());
-        let position: usize = position.trim().parse().map_err(|_| {
+        let position = parse_position(position.trim()).ok_or_else(|| {
             format!("invalid --expect-serial {entry:?}: {position:?} is not a position")
         })?;
         if serial.len() > SERIAL_LEN {
@@ -372,6 +402,44 @@ mod tests {
                 label: Some(b"WLD A".to_vec())
             })
         );
+    }
+
+    #[test]
+    fn scheme_case_ignored() {
+        assert_eq!(
+            parse_slot("PKCS11:serial=ab"),
+            Ok(SlotArg::Serial {
+                serial: "ab".into(),
+                label: None
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_escape_rejected() {
+        for uri in [
+            "pkcs11:serial=a%2",
+            "pkcs11:serial=ab%",
+            "pkcs11:serial=a%zz",
+        ] {
+            let error = parse_slot(uri).unwrap_err();
+            assert!(error.contains("hexadecimal"), "{uri}: {error}");
+        }
+        assert_eq!(
+            parse_slot("pkcs11:serial=a%25"),
+            Ok(SlotArg::Serial {
+                serial: "a%".into(),
+                label: None
+            })
+        );
+    }
+
+    #[test]
+    fn position_digits_only() {
+        for text in ["+0", "-1", "", "1e2", "0x1"] {
+            assert!(parse_slot(text).is_err(), "{text:?} accepted");
+        }
+        assert_eq!(parse_slot(" 007 "), Ok(SlotArg::Position(7)));
     }
 
     #[test]
