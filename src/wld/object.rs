@@ -238,7 +238,7 @@ impl ObjectTable {
     /// Returns the real handle of `handle` on `place.member`, resolving it
     /// there first if needed. `invalid` is the code for a handle that names
     /// no object there (CKR_OBJECT_HANDLE_INVALID or CKR_KEY_HANDLE_INVALID).
-    #[inline]
+    #[inline(always)]
     pub fn resolve(
         &self,
         place: &Place<'_>,
@@ -271,6 +271,7 @@ impl ObjectTable {
     }
 
     /// Searches `place.member` for the object with the entry's identity.
+    #[inline(never)]
     fn resolve_slow(
         &self,
         place: &Place<'_>,

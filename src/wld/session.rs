@@ -78,7 +78,7 @@ impl Session {
 
     /// Returns the real handle of a virtual object handle on this session's
     /// member.
-    #[inline]
+    #[inline(always)]
     pub fn object(
         &self,
         objects: &ObjectTable,
@@ -87,12 +87,20 @@ impl Session {
     ) -> Result<CK_OBJECT_HANDLE> {
         let result = objects.resolve(&self.place(), handle, invalid);
         if result.is_err() {
-            let pinned = objects.pinned_member(handle);
-            if pinned.is_some_and(|pos| pos != self.member.pos) {
-                self.pinned_elsewhere.set(pinned);
-            }
+            self.note_pinned(objects, handle);
         }
         result
+    }
+
+    /// Records the member that `handle` is pinned to when it is not this
+    /// session's member, after the handle could not be resolved here.
+    #[cold]
+    #[inline(never)]
+    fn note_pinned(&self, objects: &ObjectTable, handle: CK_OBJECT_HANDLE) {
+        let pinned = objects.pinned_member(handle);
+        if pinned.is_some_and(|pos| pos != self.member.pos) {
+            self.pinned_elsewhere.set(pinned);
+        }
     }
 
     /// Whether the session holds nothing that ties it to its member: no
