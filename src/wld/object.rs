@@ -331,6 +331,7 @@ impl ObjectTable {
     /// Returns the virtual handle of `real`, an object found or created on
     /// `place.member`, registering it first if it is new. `session` is a
     /// real session on that member to read the identity through.
+    #[inline(always)]
     pub fn register(
         &self,
         place: &Place<'_>,
@@ -341,6 +342,18 @@ impl ObjectTable {
         if let Some(handle) = self.known(place, real) {
             return Ok(handle);
         }
+        self.register_new(place, session, real)
+    }
+
+    /// Registers `real`, which had no virtual handle when
+    /// [`ObjectTable::register`] looked, reading its identity first.
+    #[inline(never)]
+    fn register_new(
+        &self,
+        place: &Place<'_>,
+        session: CK_SESSION_HANDLE,
+        real: CK_OBJECT_HANDLE,
+    ) -> Result<CK_OBJECT_HANDLE> {
         let identity = Arc::new(Identity::read(&place.member.module, session, real)?);
         let key = (place.slot, identity.digest);
         let mut alloc = self.alloc.lock();
@@ -422,6 +435,7 @@ impl ObjectTable {
     }
 
     /// Returns the virtual handle already bound to `real` on the member.
+    #[inline(always)]
     fn known(&self, place: &Place<'_>, real: CK_OBJECT_HANDLE) -> Option<CK_OBJECT_HANDLE> {
         let handle = *place.member.handles.read().get(&real)?;
         let entry = self.get(handle)?;
