@@ -36,6 +36,7 @@ impl FindState {
     ///
     /// # Safety
     /// The template passed `template::check`.
+    #[inline]
     pub unsafe fn start(&mut self, template: &[CK_ATTRIBUTE]) {
         self.active = true;
         self.restarted = false;
@@ -46,25 +47,43 @@ impl FindState {
         self.values.clear();
         self.returned.clear();
         self.before_restart = 0;
-        for attribute in template {
-            let len = attribute.ulValueLen as usize;
-            if matches!(
-                attribute.type_,
+        let values_len: usize = template
+            .iter()
+            .filter(|attribute| !attribute.pValue.is_null())
+            .map(|attribute| attribute.ulValueLen as usize)
+            .sum();
+        self.attributes.reserve(template.len());
+        self.values.reserve(values_len);
+        let mut restartable = true;
+        let mut offset = 0;
+        let attributes = self.attributes.as_mut_ptr();
+        let values = self.values.as_mut_ptr();
+        for (index, attribute) in template.iter().enumerate() {
+            let kind = attribute.type_;
+            restartable &= !matches!(
+                kind,
                 CKA_WRAP_TEMPLATE | CKA_UNWRAP_TEMPLATE | CKA_DERIVE_TEMPLATE
-            ) {
-                self.restartable = false;
-            }
-            if attribute.pValue.is_null() {
-                self.attributes.push((attribute.type_, NULL_VALUE, 0));
-                continue;
-            }
-            let offset = self.values.len();
-            // SAFETY: a checked template has `len` readable bytes behind a
-            // non-NULL value.
-            let value = unsafe { std::slice::from_raw_parts(attribute.pValue as *const u8, len) };
-            self.values.extend_from_slice(value);
-            self.attributes.push((attribute.type_, offset, len));
+            );
+            let entry = if attribute.pValue.is_null() {
+                (kind, NULL_VALUE, 0)
+            } else {
+                let len = attribute.ulValueLen as usize;
+                // SAFETY: a checked template has `len` readable bytes behind
+                // a non-NULL value, and `values` has room for the lengths of
+                // all values from `offset` on.
+                unsafe { copy(attribute.pValue as *const u8, values.add(offset), len) };
+                offset += len;
+                (kind, offset - len, len)
+            };
+            // SAFETY: `attributes` has room for one entry per attribute.
+            unsafe { attributes.add(index).write(entry) };
         }
+        // SAFETY: every entry up to these lengths was written above.
+        unsafe {
+            self.attributes.set_len(template.len());
+            self.values.set_len(offset);
+        }
+        self.restartable = restartable;
     }
 
     pub fn finish(&mut self) {
@@ -122,6 +141,41 @@ impl FindState {
     }
 }
 
+/// Copies `len` bytes from `source` to `target`. A value of up to 16 bytes
+/// (a class, a flag, a short label or ID) is copied with two loads and two
+/// stores of overlapping words instead of a call to memcpy.
+///
+/// # Safety
+/// `source` is valid for reads and `target` for writes of `len` bytes, and
+/// the two do not overlap.
+#[inline(always)]
+unsafe fn copy(source: *const u8, target: *mut u8, len: usize) {
+    // SAFETY: each pair of words lies within the `len` bytes of both
+    // buffers: the first starts at 0, the second ends at `len`.
+    unsafe {
+        if len > 16 {
+            std::ptr::copy_nonoverlapping(source, target, len);
+        } else if len >= 8 {
+            let head = source.cast::<u64>().read_unaligned();
+            let tail = source.add(len - 8).cast::<u64>().read_unaligned();
+            target.cast::<u64>().write_unaligned(head);
+            target.add(len - 8).cast::<u64>().write_unaligned(tail);
+        } else if len >= 4 {
+            let head = source.cast::<u32>().read_unaligned();
+            let tail = source.add(len - 4).cast::<u32>().read_unaligned();
+            target.cast::<u32>().write_unaligned(head);
+            target.add(len - 4).cast::<u32>().write_unaligned(tail);
+        } else if len >= 2 {
+            let head = source.cast::<u16>().read_unaligned();
+            let tail = source.add(len - 2).cast::<u16>().read_unaligned();
+            target.cast::<u16>().write_unaligned(head);
+            target.add(len - 2).cast::<u16>().write_unaligned(tail);
+        } else if len == 1 {
+            *target = *source;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +210,17 @@ mod tests {
         assert_eq!(value, b"rsa-key");
         assert!(copy[2].pValue.is_null());
         assert!(state.is_restartable());
+    }
+
+    #[test]
+    fn copy_every_length() {
+        let source: Vec<u8> = (1..=40).collect();
+        for len in 0..=source.len() {
+            let mut target = vec![0xee; source.len() + 1];
+            unsafe { copy(source.as_ptr(), target.as_mut_ptr(), len) };
+            assert_eq!(&target[..len], &source[..len], "length {len}");
+            assert!(target[len..].iter().all(|&b| b == 0xee), "length {len}");
+        }
     }
 
     #[test]
