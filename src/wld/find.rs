@@ -3,8 +3,16 @@
 
 use cryptoki_sys::*;
 
-/// Marks an attribute whose value pointer was NULL.
-const NULL_VALUE: usize = usize::MAX;
+/// One attribute of a saved search template, laid out as CK_ATTRIBUTE so a
+/// template is copied as one block. `value` keeps only the address, which
+/// tells a NULL value from an empty one. The bytes go to `FindState::values`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SavedAttribute {
+    kind: CK_ATTRIBUTE_TYPE,
+    value: usize,
+    len: CK_ULONG,
+}
 
 #[derive(Default)]
 pub struct FindState {
@@ -17,11 +25,9 @@ pub struct FindState {
     pub lost: bool,
     /// Whether the lost search was reported, so it returns nothing more.
     pub exhausted: bool,
-    /// Whether the template could be copied (it has no nested attribute
-    /// arrays), so the search can start again elsewhere.
-    restartable: bool,
-    /// The template: type, offset in `values` and length of each attribute.
-    attributes: Vec<(CK_ATTRIBUTE_TYPE, usize, usize)>,
+    /// The template as the application passed it. The values of its
+    /// attributes with a non-NULL value follow one another in `values`.
+    attributes: Vec<SavedAttribute>,
     values: Vec<u8>,
     /// Virtual handles returned so far, in the order returned, except that
     /// the first `before_restart` are sorted.
@@ -42,48 +48,37 @@ impl FindState {
         self.restarted = false;
         self.lost = false;
         self.exhausted = false;
-        self.restartable = true;
-        self.attributes.clear();
-        self.values.clear();
         self.returned.clear();
         self.before_restart = 0;
-        let values_len: usize = template
-            .iter()
-            .filter(|attribute| !attribute.pValue.is_null())
-            .map(|attribute| attribute.ulValueLen as usize)
-            .sum();
+        self.attributes.clear();
         self.attributes.reserve(template.len());
-        self.values.reserve(values_len);
-        let mut restartable = true;
-        let mut offset = 0;
-        let attributes = self.attributes.as_mut_ptr();
-        let values = self.values.as_mut_ptr();
-        for (index, attribute) in template.iter().enumerate() {
-            let kind = attribute.type_;
-            restartable &= !matches!(
-                kind,
-                CKA_WRAP_TEMPLATE | CKA_UNWRAP_TEMPLATE | CKA_DERIVE_TEMPLATE
-            );
-            let entry = if attribute.pValue.is_null() {
-                (kind, NULL_VALUE, 0)
-            } else {
-                let len = attribute.ulValueLen as usize;
-                // SAFETY: a checked template has `len` readable bytes behind
-                // a non-NULL value, and `values` has room for the lengths of
-                // all values from `offset` on.
-                unsafe { copy(attribute.pValue as *const u8, values.add(offset), len) };
-                offset += len;
-                (kind, offset - len, len)
-            };
-            // SAFETY: `attributes` has room for one entry per attribute.
-            unsafe { attributes.add(index).write(entry) };
-        }
-        // SAFETY: every entry up to these lengths was written above.
+        // SAFETY: SavedAttribute has CK_ATTRIBUTE's layout, and the room for
+        // `template.len()` entries was reserved above.
         unsafe {
+            std::ptr::copy_nonoverlapping(
+                template.as_ptr().cast::<SavedAttribute>(),
+                self.attributes.as_mut_ptr(),
+                template.len(),
+            );
             self.attributes.set_len(template.len());
-            self.values.set_len(offset);
         }
-        self.restartable = restartable;
+        // A checked template has no NULL value with a length, so the
+        // lengths of all attributes add up to those of the non-NULL values.
+        let values_len: usize = template.iter().map(|a| a.ulValueLen as usize).sum();
+        self.values.clear();
+        self.values.reserve(values_len);
+        let values = self.values.as_mut_ptr();
+        let mut offset = 0;
+        for attribute in template {
+            let len = attribute.ulValueLen as usize;
+            // SAFETY: a checked template has `len` readable bytes behind a
+            // non-NULL value and a length of 0 behind a NULL one, and
+            // `values` has room for the lengths of all values.
+            unsafe { copy(attribute.pValue as *const u8, values.add(offset), len) };
+            offset += len;
+        }
+        // SAFETY: the values were written up to `offset` above.
+        unsafe { self.values.set_len(offset) };
     }
 
     pub fn finish(&mut self) {
@@ -118,24 +113,37 @@ impl FindState {
         true
     }
 
+    /// Whether the template could be copied: it has no nested attribute
+    /// arrays, whose values point to more memory of the application.
     pub fn is_restartable(&self) -> bool {
-        self.restartable
+        !self.attributes.iter().any(|attribute| {
+            matches!(
+                attribute.kind,
+                CKA_WRAP_TEMPLATE | CKA_UNWRAP_TEMPLATE | CKA_DERIVE_TEMPLATE
+            )
+        })
     }
 
     /// Builds the template again, pointing into this state's buffer.
     pub fn template(&mut self) -> Vec<CK_ATTRIBUTE> {
         let base = self.values.as_mut_ptr();
+        let mut offset = 0;
         self.attributes
             .iter()
-            .map(|&(kind, offset, len)| CK_ATTRIBUTE {
-                type_: kind,
-                pValue: if offset == NULL_VALUE {
+            .map(|attribute| {
+                let value = if attribute.value == 0 {
                     std::ptr::null_mut()
                 } else {
-                    // SAFETY: `offset` is within `values`, recorded above.
+                    // SAFETY: the values of the attributes before this one
+                    // fill `values` up to `offset`, and this one follows.
                     unsafe { base.add(offset) }.cast()
-                },
-                ulValueLen: len as CK_ULONG,
+                };
+                offset += attribute.len as usize;
+                CK_ATTRIBUTE {
+                    type_: attribute.kind,
+                    pValue: value,
+                    ulValueLen: attribute.len,
+                }
             })
             .collect()
     }
