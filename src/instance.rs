@@ -211,12 +211,48 @@ static IN_FLIGHT: [Shard; SHARDS] = [const { Shard(AtomicUsize::new(0)) }; SHARD
 /// call counts on matters for speed only: `C_Finalize` adds them all up.
 #[inline(always)]
 fn shard() -> &'static AtomicUsize {
-    let marker = 0u8;
-    let address = std::hint::black_box(&marker) as *const u8 as usize;
+    let address = stack_address();
     // Bits from 1 MiB up tell stacks apart; the multiplication mixes them
     // into the top bits, so stacks at any spacing spread over the shards.
     let index = ((address >> 20) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60;
     &IN_FLIGHT[index as usize % SHARDS].0
+}
+
+/// Returns an address within the calling thread's stack: the stack
+/// pointer, read with one instruction where the architecture is known.
+#[inline(always)]
+fn stack_address() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let pointer: usize;
+        // SAFETY: copies the stack pointer to a register, nothing else.
+        unsafe {
+            std::arch::asm!(
+                "mov {}, rsp",
+                out(reg) pointer,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+        pointer
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let pointer: usize;
+        // SAFETY: copies the stack pointer to a register, nothing else.
+        unsafe {
+            std::arch::asm!(
+                "mov {}, sp",
+                out(reg) pointer,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+        pointer
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let marker = 0u8;
+        std::hint::black_box(&marker) as *const u8 as usize
+    }
 }
 
 /// A call counted as in flight until the guard drops, also when it moves
