@@ -52,8 +52,9 @@ pub struct Session {
     /// Operations lost when the session moved to another member: the next
     /// call of that kind gets CKR_DEVICE_ERROR and ends it.
     pub lost: [bool; OP_KINDS],
-    /// Counts the session's calls, to mark the one in progress.
-    calls: u64,
+    /// The busy marker of the session's last call (see [`SessionSlot`]):
+    /// the member's index plus one in the upper bits, a call count below.
+    marker: u64,
     /// The member position of an object that the last call could not use
     /// because it lives on that member only (a session object another
     /// session made). Failover moves the session there when it can.
@@ -101,6 +102,20 @@ impl Session {
         if pinned.is_some_and(|pos| pos != self.member.pos) {
             self.pinned_elsewhere.set(pinned);
         }
+    }
+
+    /// Replaces the session's member, and returns the member it was on.
+    pub fn replace_member(&mut self, member: Arc<Member>) -> Arc<Member> {
+        self.marker = member_marker(&member);
+        std::mem::replace(&mut self.member, member)
+    }
+
+    /// Returns the busy marker of the first call on the session's member,
+    /// for when the call count overflowed into the member's bits.
+    #[cold]
+    #[inline(never)]
+    fn first_marker(&self) -> u64 {
+        member_marker(&self.member) | 1
     }
 
     /// Whether the session holds nothing that ties it to its member: no
@@ -187,6 +202,12 @@ struct SessionSlot {
 
 /// Bits of a busy marker that count calls; the member index is above.
 pub const BUSY_CALL_BITS: u32 = 40;
+const BUSY_CALL_MASK: u64 = (1 << BUSY_CALL_BITS) - 1;
+
+/// Returns the busy marker of `member` with a call count of 0.
+fn member_marker(member: &Member) -> u64 {
+    (member.index as u64 + 1) << BUSY_CALL_BITS
+}
 
 type Chunk = [SessionSlot; CHUNK];
 
@@ -254,9 +275,11 @@ impl SessionTable {
         let mut inner = slot.inner.lock();
         match inner.as_mut() {
             Some(session) if session.handle == handle && handle != 0 => {
-                session.calls = (session.calls + 1) & ((1 << BUSY_CALL_BITS) - 1);
-                let marker = ((session.member.index as u64 + 1) << BUSY_CALL_BITS) | session.calls;
-                slot.busy.store(marker, Ordering::Relaxed);
+                session.marker += 1;
+                if session.marker & BUSY_CALL_MASK == 0 {
+                    session.marker = session.first_marker();
+                }
+                slot.busy.store(session.marker, Ordering::Relaxed);
                 let result = f(session);
                 slot.busy.store(0, Ordering::Relaxed);
                 result
@@ -305,6 +328,7 @@ impl SessionTable {
                 return Err(rv);
             }
         };
+        let marker = member_marker(&member);
         let session = Session {
             handle: 0,
             slot: slot.clone(),
@@ -316,7 +340,7 @@ impl SessionTable {
             find: FindState::default(),
             ops: Default::default(),
             lost: [false; OP_KINDS],
-            calls: 0,
+            marker,
             pinned_elsewhere: Cell::new(None),
         };
         self.insert(session)
