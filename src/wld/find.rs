@@ -3,10 +3,9 @@
 
 use cryptoki_sys::*;
 
-/// One attribute of a saved search template, laid out as CK_ATTRIBUTE so a
-/// template is copied as one block. `value` keeps only the address, which
-/// tells a NULL value from an empty one. The bytes go to `FindState::values`.
-#[repr(C)]
+/// One attribute of a saved search template. `value` keeps only the
+/// address, so a NULL value differs from an empty one. The bytes go to
+/// `FindState::values`.
 #[derive(Clone, Copy)]
 struct SavedAttribute {
     kind: CK_ATTRIBUTE_TYPE,
@@ -52,33 +51,41 @@ impl FindState {
         self.before_restart = 0;
         self.attributes.clear();
         self.attributes.reserve(template.len());
-        // SAFETY: SavedAttribute has CK_ATTRIBUTE's layout, and the room for
-        // `template.len()` entries was reserved above.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                template.as_ptr().cast::<SavedAttribute>(),
-                self.attributes.as_mut_ptr(),
-                template.len(),
-            );
-            self.attributes.set_len(template.len());
-        }
-        // A checked template has no NULL value with a length, so the
-        // lengths of all attributes add up to those of the non-NULL values.
-        let values_len: usize = template.iter().map(|a| a.ulValueLen as usize).sum();
         self.values.clear();
-        self.values.reserve(values_len);
-        let values = self.values.as_mut_ptr();
+        let attributes = self.attributes.as_mut_ptr();
+        let mut values = self.values.as_mut_ptr();
+        let mut room = self.values.capacity();
         let mut offset = 0;
-        for attribute in template {
+        for (index, attribute) in template.iter().enumerate() {
             let len = attribute.ulValueLen as usize;
-            // SAFETY: a checked template has `len` readable bytes behind a
-            // non-NULL value and a length of 0 behind a NULL one, and
-            // `values` has room for the lengths of all values.
-            unsafe { copy(attribute.pValue as *const u8, values.add(offset), len) };
+            if room - offset < len {
+                // SAFETY: the values were written up to `offset`.
+                unsafe { self.values.set_len(offset) };
+                self.values.reserve(len);
+                values = self.values.as_mut_ptr();
+                room = self.values.capacity();
+            }
+            let saved = SavedAttribute {
+                kind: attribute.type_,
+                value: attribute.pValue as usize,
+                len: attribute.ulValueLen,
+            };
+            // SAFETY: `attributes` has room for one entry per attribute. A
+            // checked template has `len` readable bytes behind a non-NULL
+            // value and a length of 0 behind a NULL one, and `values` has
+            // room for `len` bytes from `offset` on.
+            unsafe {
+                attributes.add(index).write(saved);
+                copy(attribute.pValue as *const u8, values.add(offset), len);
+            }
             offset += len;
         }
-        // SAFETY: the values were written up to `offset` above.
-        unsafe { self.values.set_len(offset) };
+        // SAFETY: the entries and values up to these lengths were written
+        // above.
+        unsafe {
+            self.attributes.set_len(template.len());
+            self.values.set_len(offset);
+        }
     }
 
     pub fn finish(&mut self) {
@@ -218,6 +225,27 @@ mod tests {
         assert_eq!(value, b"rsa-key");
         assert!(copy[2].pValue.is_null());
         assert!(state.is_restartable());
+    }
+
+    #[test]
+    fn start_again_with_longer_values() {
+        let mut short = *b"ab";
+        let mut long = [7u8; 100];
+        let mut state = FindState::default();
+        let attribute = |value: &mut [u8]| CK_ATTRIBUTE {
+            type_: CKA_LABEL,
+            pValue: value.as_mut_ptr().cast(),
+            ulValueLen: value.len() as CK_ULONG,
+        };
+        unsafe { state.start(&[attribute(&mut short)]) };
+        let template = [attribute(&mut short), attribute(&mut long)];
+        unsafe { state.start(&template) };
+        let copy = state.template();
+        assert_eq!(copy.len(), 2);
+        let first = unsafe { std::slice::from_raw_parts(copy[0].pValue as *const u8, 2) };
+        assert_eq!(first, b"ab");
+        let second = unsafe { std::slice::from_raw_parts(copy[1].pValue as *const u8, 100) };
+        assert_eq!(second, &[7u8; 100][..]);
     }
 
     #[test]
