@@ -187,7 +187,10 @@ pub struct Place<'a> {
 }
 
 pub struct ObjectTable {
-    chunks: Box<[AtomicPtr<Chunk>]>,
+    /// The pointers to the chunks, each allocated on first use. Their count
+    /// is fixed, so an index masked to a handle's index bits needs no bounds
+    /// check.
+    chunks: Box<[AtomicPtr<Chunk>; MAX_OBJECTS / CHUNK]>,
     alloc: Mutex<Allocator>,
 }
 
@@ -215,7 +218,9 @@ impl ObjectTable {
         ObjectTable {
             chunks: (0..MAX_OBJECTS / CHUNK)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                .collect(),
+                .collect::<Box<[_]>>()
+                .try_into()
+                .expect("the iterator yields the array's length"),
             alloc: Mutex::new(Allocator::default()),
         }
     }

@@ -220,7 +220,10 @@ struct Allocator {
 
 /// Every open virtual session of the application.
 pub struct SessionTable {
-    chunks: Box<[AtomicPtr<Chunk>]>,
+    /// The pointers to the chunks, each allocated on first use. Their count
+    /// is fixed, so an index masked to a handle's index bits needs no bounds
+    /// check.
+    chunks: Box<[AtomicPtr<Chunk>; MAX_SESSIONS / CHUNK]>,
     alloc: Mutex<Allocator>,
     open: AtomicUsize,
 }
@@ -249,7 +252,9 @@ impl SessionTable {
         SessionTable {
             chunks: (0..MAX_SESSIONS / CHUNK)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                .collect(),
+                .collect::<Box<[_]>>()
+                .try_into()
+                .expect("the iterator yields the array's length"),
             alloc: Mutex::new(Allocator::default()),
             open: AtomicUsize::new(0),
         }
