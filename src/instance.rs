@@ -306,20 +306,32 @@ pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
         Ok(Ok(())) => CKR_OK,
         Ok(Err(Rv(rv))) => {
             if log::log_enabled!(log::Level::Debug) {
-                log::debug!("{name} returned {}", ckr_name(rv));
+                log_failure(name, rv);
             }
             rv
         }
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            log::error!("{name} panicked: {message}");
-            CKR_GENERAL_ERROR
-        }
+        Err(panic) => log_panic(name, panic),
     }
+}
+
+/// Logs the failure of a call, at debug level.
+#[cold]
+#[inline(never)]
+fn log_failure(name: &'static str, rv: CK_RV) {
+    log::debug!("{name} returned {}", ckr_name(rv));
+}
+
+/// Logs a panic caught in a call, and returns CKR_GENERAL_ERROR.
+#[cold]
+#[inline(never)]
+fn log_panic(name: &'static str, panic: Box<dyn std::any::Any + Send>) -> CK_RV {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    log::error!("{name} panicked: {message}");
+    CKR_GENERAL_ERROR
 }
 
 /// Checks CK_C_INITIALIZE_ARGS as PKCS#11 prescribes, and returns whether
