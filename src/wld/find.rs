@@ -33,6 +33,10 @@ pub struct FindState {
     returned: Vec<CK_OBJECT_HANDLE>,
     /// The number of handles returned before the last restart.
     before_restart: usize,
+    /// The real and the virtual handle of the object found last. They are
+    /// kept from one search to the next, because an application often
+    /// searches for the same object again.
+    last_found: (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE),
 }
 
 impl FindState {
@@ -118,6 +122,23 @@ impl FindState {
         }
         self.returned.push(handle);
         true
+    }
+
+    /// Returns the virtual handle that `real` had when it was found last,
+    /// or 0 when the object found last was another one.
+    #[inline]
+    pub fn hint(&self, real: CK_OBJECT_HANDLE) -> CK_OBJECT_HANDLE {
+        if self.last_found.0 == real {
+            self.last_found.1
+        } else {
+            0
+        }
+    }
+
+    /// Records that `real` was found with the virtual handle `handle`.
+    #[inline]
+    pub fn found(&mut self, real: CK_OBJECT_HANDLE, handle: CK_OBJECT_HANDLE) {
+        self.last_found = (real, handle);
     }
 
     /// Whether the template could be copied: it has no nested attribute

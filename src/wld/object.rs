@@ -350,6 +350,32 @@ impl ObjectTable {
         self.register_new(place, session, real)
     }
 
+    /// Registers `real` as [`ObjectTable::register`] does, after trying
+    /// `hint`, the virtual handle that `real` had when the caller last
+    /// registered it. A hint still bound to `real` on the member is
+    /// returned without a lookup in the member's map of real handles.
+    #[inline(always)]
+    pub fn register_hinted(
+        &self,
+        place: &Place<'_>,
+        session: CK_SESSION_HANDLE,
+        real: CK_OBJECT_HANDLE,
+        hint: CK_OBJECT_HANDLE,
+    ) -> Result<CK_OBJECT_HANDLE> {
+        self.sync_member(place.member);
+        let hit = self.get(hint).is_some_and(|entry| {
+            entry.slot.load(Ordering::Relaxed) == place.slot
+                && entry.real[place.member.pos].load(Ordering::Acquire) == real
+        });
+        if hit {
+            return Ok(hint);
+        }
+        if let Some(handle) = self.known(place, real) {
+            return Ok(handle);
+        }
+        self.register_new(place, session, real)
+    }
+
     /// Registers `real`, which had no virtual handle when
     /// [`ObjectTable::register`] looked, reading its identity first.
     #[inline(never)]
