@@ -211,12 +211,48 @@ static IN_FLIGHT: [Shard; SHARDS] = [const { Shard(AtomicUsize::new(0)) }; SHARD
 /// call counts on matters for speed only: `C_Finalize` adds them all up.
 #[inline(always)]
 fn shard() -> &'static AtomicUsize {
-    let marker = 0u8;
-    let address = std::hint::black_box(&marker) as *const u8 as usize;
+    let address = stack_address();
     // Bits from 1 MiB up tell stacks apart; the multiplication mixes them
     // into the top bits, so stacks at any spacing spread over the shards.
     let index = ((address >> 20) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60;
     &IN_FLIGHT[index as usize % SHARDS].0
+}
+
+/// Returns an address within the calling thread's stack: the stack
+/// pointer, read with one instruction where the architecture is known.
+#[inline(always)]
+fn stack_address() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let pointer: usize;
+        // SAFETY: copies the stack pointer to a register, nothing else.
+        unsafe {
+            std::arch::asm!(
+                "mov {}, rsp",
+                out(reg) pointer,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+        pointer
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let pointer: usize;
+        // SAFETY: copies the stack pointer to a register, nothing else.
+        unsafe {
+            std::arch::asm!(
+                "mov {}, sp",
+                out(reg) pointer,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+        pointer
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let marker = 0u8;
+        std::hint::black_box(&marker) as *const u8 as usize
+    }
 }
 
 /// A call counted as in flight until the guard drops, also when it moves
@@ -270,20 +306,32 @@ pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
         Ok(Ok(())) => CKR_OK,
         Ok(Err(Rv(rv))) => {
             if log::log_enabled!(log::Level::Debug) {
-                log::debug!("{name} returned {}", ckr_name(rv));
+                log_failure(name, rv);
             }
             rv
         }
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            log::error!("{name} panicked: {message}");
-            CKR_GENERAL_ERROR
-        }
+        Err(panic) => log_panic(name, panic),
     }
+}
+
+/// Logs the failure of a call, at debug level.
+#[cold]
+#[inline(never)]
+fn log_failure(name: &'static str, rv: CK_RV) {
+    log::debug!("{name} returned {}", ckr_name(rv));
+}
+
+/// Logs a panic caught in a call, and returns CKR_GENERAL_ERROR.
+#[cold]
+#[inline(never)]
+fn log_panic(name: &'static str, panic: Box<dyn std::any::Any + Send>) -> CK_RV {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    log::error!("{name} panicked: {message}");
+    CKR_GENERAL_ERROR
 }
 
 /// Checks CK_C_INITIALIZE_ARGS as PKCS#11 prescribes, and returns whether

@@ -147,6 +147,14 @@ const EDDSA: Layout = Layout::Struct {
     }],
     handles: &[],
 };
+/// CK_RSA_PKCS_PSS_PARAMS: hashAlg, mgf, sLen.
+const PSS: Layout = flat(3 * ULONG);
+/// CK_AES_CTR_PARAMS: ulCounterBits, cb[16].
+const CTR: Layout = flat(ULONG + 16);
+/// One CK_ULONG (a MAC length, a bit offset).
+const ONE_ULONG: Layout = flat(ULONG);
+/// Opaque bytes.
+const BYTES: Layout = Layout::Bytes;
 /// A CK_OBJECT_HANDLE (CKM_CONCATENATE_BASE_AND_KEY).
 const HANDLE: Layout = Layout::Struct {
     size: ULONG,
@@ -155,32 +163,29 @@ const HANDLE: Layout = Layout::Struct {
 };
 
 /// Returns the layout of `mechanism`'s parameter, if the proxy knows it.
-fn layout(mechanism: CK_MECHANISM_TYPE) -> Option<Layout> {
+fn layout(mechanism: CK_MECHANISM_TYPE) -> Option<&'static Layout> {
     let layout = match mechanism {
-        CKM_RSA_PKCS_OAEP => OAEP,
+        CKM_RSA_PKCS_OAEP => &OAEP,
         CKM_RSA_PKCS_PSS
         | CKM_SHA1_RSA_PKCS_PSS
         | CKM_SHA224_RSA_PKCS_PSS
         | CKM_SHA256_RSA_PKCS_PSS
         | CKM_SHA384_RSA_PKCS_PSS
-        | CKM_SHA512_RSA_PKCS_PSS => {
-            // CK_RSA_PKCS_PSS_PARAMS: hashAlg, mgf, sLen.
-            flat(3 * ULONG)
-        }
-        CKM_AES_GCM => GCM,
-        CKM_AES_CCM => CCM,
-        CKM_AES_CTR => flat(ULONG + 16),
-        CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => ECDH1,
-        CKM_ECMQV_DERIVE => ECMQV,
-        CKM_EDDSA => EDDSA,
-        CKM_CONCATENATE_BASE_AND_KEY => HANDLE,
+        | CKM_SHA512_RSA_PKCS_PSS => &PSS,
+        CKM_AES_GCM => &GCM,
+        CKM_AES_CCM => &CCM,
+        CKM_AES_CTR => &CTR,
+        CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => &ECDH1,
+        CKM_ECMQV_DERIVE => &ECMQV,
+        CKM_EDDSA => &EDDSA,
+        CKM_CONCATENATE_BASE_AND_KEY => &HANDLE,
         CKM_CONCATENATE_BASE_AND_DATA
         | CKM_CONCATENATE_DATA_AND_BASE
         | CKM_XOR_BASE_AND_DATA
         | CKM_AES_ECB_ENCRYPT_DATA
         | CKM_DES_ECB_ENCRYPT_DATA
-        | CKM_DES3_ECB_ENCRYPT_DATA => STRING_DATA,
-        CKM_AES_CBC_ENCRYPT_DATA => AES_CBC_DATA,
+        | CKM_DES3_ECB_ENCRYPT_DATA => &STRING_DATA,
+        CKM_AES_CBC_ENCRYPT_DATA => &AES_CBC_DATA,
         CKM_EXTRACT_KEY_FROM_KEY
         | CKM_SHA_1_HMAC_GENERAL
         | CKM_SHA224_HMAC_GENERAL
@@ -189,11 +194,11 @@ fn layout(mechanism: CK_MECHANISM_TYPE) -> Option<Layout> {
         | CKM_SHA512_HMAC_GENERAL
         | CKM_MD5_HMAC_GENERAL
         | CKM_AES_MAC_GENERAL
-        | CKM_DES3_MAC_GENERAL => flat(ULONG),
+        | CKM_DES3_MAC_GENERAL => &ONE_ULONG,
         CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_OFB | CKM_AES_CFB8 | CKM_AES_CFB64
         | CKM_AES_CFB128 | CKM_AES_CTS | CKM_DES3_CBC | CKM_DES3_CBC_PAD | CKM_DES_CBC
         | CKM_DES_CBC_PAD | CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD | CKM_AES_KEY_WRAP_KWP
-        | CKM_DH_PKCS_DERIVE => Layout::Bytes,
+        | CKM_DH_PKCS_DERIVE => &BYTES,
         _ => return None,
     };
     Some(layout)
@@ -247,10 +252,10 @@ pub unsafe fn check(mechanism: &CK_MECHANISM) -> Result<()> {
 ///
 /// # Safety
 /// As [`check`].
-unsafe fn check_layout(mechanism: &CK_MECHANISM, layout: Option<Layout>) -> Result<()> {
+unsafe fn check_layout(mechanism: &CK_MECHANISM, layout: Option<&Layout>) -> Result<()> {
     // SAFETY: forwarded from the caller's contract.
     let param = unsafe { param_bytes(mechanism) }?;
-    let Some(Layout::Struct { size, buffers, .. }) = layout else {
+    let Some(&Layout::Struct { size, buffers, .. }) = layout else {
         return Ok(());
     };
     if param.is_empty() {
@@ -277,7 +282,7 @@ pub fn has_handles(mechanism: CK_MECHANISM_TYPE) -> bool {
     layout_has_handles(layout(mechanism))
 }
 
-fn layout_has_handles(layout: Option<Layout>) -> bool {
+fn layout_has_handles(layout: Option<&Layout>) -> bool {
     matches!(layout, Some(Layout::Struct { handles, .. }) if !handles.is_empty())
 }
 
@@ -286,7 +291,7 @@ fn layout_has_handles(layout: Option<Layout>) -> bool {
 #[derive(Clone, Copy)]
 pub struct Checked<'a> {
     raw: &'a CK_MECHANISM,
-    layout: Option<Layout>,
+    layout: Option<&'static Layout>,
 }
 
 impl<'a> Checked<'a> {
@@ -295,6 +300,7 @@ impl<'a> Checked<'a> {
     /// # Safety
     /// `mechanism` is NULL or points to a CK_MECHANISM whose parameter
     /// pointers are valid for their lengths, for as long as `'a`.
+    #[inline]
     pub unsafe fn new(mechanism: *const CK_MECHANISM) -> Result<Checked<'a>> {
         if mechanism.is_null() {
             return Err(Rv(CKR_ARGUMENTS_BAD));
@@ -306,6 +312,17 @@ impl<'a> Checked<'a> {
             // to copy or translate, so the layout is not looked up.
             return Ok(Checked { raw, layout: None });
         }
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { Checked::with_parameter(raw) }
+    }
+
+    /// Looks up and checks the layout of a mechanism with a parameter. It
+    /// is out of line, so the common case without a parameter stays short.
+    ///
+    /// # Safety
+    /// As [`Checked::new`], for `raw`.
+    #[inline(never)]
+    unsafe fn with_parameter(raw: &'a CK_MECHANISM) -> Result<Checked<'a>> {
         let layout = layout(raw.mechanism);
         // SAFETY: forwarded from the caller's contract.
         unsafe { check_layout(raw, layout) }?;
@@ -392,7 +409,7 @@ impl OwnedMechanism {
     /// As [`OwnedMechanism::copy`].
     unsafe fn copy_layout(
         mechanism: &CK_MECHANISM,
-        layout: Option<Layout>,
+        layout: Option<&Layout>,
     ) -> Option<OwnedMechanism> {
         // SAFETY: forwarded from the caller's contract.
         let param = unsafe { param_bytes(mechanism) }.ok()?;
@@ -406,7 +423,7 @@ impl OwnedMechanism {
         match layout? {
             Layout::Bytes => {}
             Layout::Struct { buffers, .. } => {
-                for (source, buffer) in sources.iter_mut().zip(buffers) {
+                for (source, buffer) in sources.iter_mut().zip(buffers.iter()) {
                     let len = ulong_at(param, buffer.length) as usize;
                     let pointer = pointer_at(param, buffer.pointer);
                     if !pointer.is_null() && len != 0 {
@@ -482,7 +499,7 @@ impl OwnedMechanism {
                 bytes[buffer.pointer..buffer.pointer + ULONG]
                     .copy_from_slice(&pointer.to_ne_bytes());
             }
-            for &offset in handles {
+            for &offset in handles.iter() {
                 let handle = translate(ulong_at(bytes, offset))?;
                 bytes[offset..offset + ULONG].copy_from_slice(&handle.to_ne_bytes());
             }
@@ -568,7 +585,7 @@ mod tests {
     #[test]
     fn layouts_match_cryptoki_sys() {
         let size = |kind| match layout(kind) {
-            Some(Layout::Struct { size, .. }) => size,
+            Some(&Layout::Struct { size, .. }) => size,
             _ => 0,
         };
         assert_eq!(

@@ -167,11 +167,19 @@ pub unsafe fn borrow<'a>(
 /// # Safety
 /// Every non-NULL `pValue` points to `ulValueLen` readable bytes, and those
 /// of array attributes to CK_ATTRIBUTE structures.
+#[inline(always)]
 pub unsafe fn check(template: &[CK_ATTRIBUTE], usage: Use) -> Result<()> {
     // SAFETY: forwarded from the caller's contract.
     unsafe { check_at(template, usage, 0) }
 }
 
+/// Checks the attributes of a template at nesting depth `depth`. It is
+/// inlined into each caller of [`check`], and the attribute arrays nested
+/// in a template are checked out of line by [`check_nested`].
+///
+/// # Safety
+/// As [`check`].
+#[inline(always)]
 unsafe fn check_at(template: &[CK_ATTRIBUTE], usage: Use, depth: usize) -> Result<()> {
     for (i, attribute) in template.iter().enumerate() {
         let len = attribute.ulValueLen;
@@ -197,19 +205,29 @@ unsafe fn check_at(template: &[CK_ATTRIBUTE], usage: Use, depth: usize) -> Resul
             return Err(Rv(CKR_TEMPLATE_INCONSISTENT));
         }
         if size == ValueSize::Attributes && len != 0 {
-            if depth >= MAX_DEPTH {
-                return Err(Rv(CKR_ATTRIBUTE_VALUE_INVALID));
-            }
-            let count = len as usize / size_of::<CK_ATTRIBUTE>();
-            // SAFETY: the caller vouches for the array behind `pValue`.
-            let inner = unsafe {
-                std::slice::from_raw_parts(attribute.pValue as *const CK_ATTRIBUTE, count)
-            };
-            // SAFETY: as above, for the inner attributes.
-            unsafe { check_at(inner, Use::Write, depth + 1) }?;
+            // SAFETY: forwarded from the caller's contract.
+            unsafe { check_nested(attribute, depth) }?;
         }
     }
     Ok(())
+}
+
+/// Checks the attribute array that `attribute`, an array attribute with a
+/// non-empty value at nesting depth `depth`, points to.
+///
+/// # Safety
+/// As [`check`], for `attribute`.
+#[inline(never)]
+unsafe fn check_nested(attribute: &CK_ATTRIBUTE, depth: usize) -> Result<()> {
+    if depth >= MAX_DEPTH {
+        return Err(Rv(CKR_ATTRIBUTE_VALUE_INVALID));
+    }
+    let count = attribute.ulValueLen as usize / size_of::<CK_ATTRIBUTE>();
+    // SAFETY: the caller vouches for the array behind `pValue`.
+    let inner =
+        unsafe { std::slice::from_raw_parts(attribute.pValue as *const CK_ATTRIBUTE, count) };
+    // SAFETY: as above, for the inner attributes.
+    unsafe { check_at(inner, Use::Write, depth + 1) }
 }
 
 /// Returns whether the template sets an attribute of `kinds`.

@@ -56,14 +56,16 @@ fn checked<R>(
     })
 }
 
-/// Starts an operation of `kind`.
+/// Starts an operation of `kind`. Inlined into each entry point, so the
+/// vendor function is selected there and not through a function pointer.
 ///
 /// # Safety
 /// `pMechanism` is NULL or a valid CK_MECHANISM.
+#[inline(always)]
 unsafe fn init(
     name: &'static str,
     kind: OpKind,
-    select: fn(&CK_FUNCTION_LIST) -> Option<Init>,
+    select: impl Fn(&CK_FUNCTION_LIST) -> Option<Init>,
     hSession: CK_SESSION_HANDLE,
     pMechanism: *mut CK_MECHANISM,
     hKey: CK_OBJECT_HANDLE,

@@ -355,8 +355,14 @@ fn translate_found(
     };
     let mut kept = 0;
     for i in 0..handles.len() {
-        match instance.objects.register(&place, session.real, handles[i]) {
+        let real = handles[i];
+        let hint = session.find.hint(real);
+        match instance
+            .objects
+            .register_hinted(&place, session.real, real, hint)
+        {
             Ok(handle) => {
+                session.find.found(real, handle);
                 if !session.find.record(handle) {
                     continue;
                 }

@@ -148,7 +148,7 @@ fn move_session_to(
             Rv(CKR_DEVICE_ERROR)
         })?;
 
-    let old = std::mem::replace(&mut session.member, member);
+    let old = session.replace_member(member);
     release_real(&old, session.real, session.is_stale_against(&old));
     session.real = real;
     session.generation = session.member.generation();

@@ -3,8 +3,15 @@
 
 use cryptoki_sys::*;
 
-/// Marks an attribute whose value pointer was NULL.
-const NULL_VALUE: usize = usize::MAX;
+/// One attribute of a saved search template. `value` keeps only the
+/// address, so a NULL value differs from an empty one. The bytes go to
+/// `FindState::values`.
+#[derive(Clone, Copy)]
+struct SavedAttribute {
+    kind: CK_ATTRIBUTE_TYPE,
+    value: usize,
+    len: CK_ULONG,
+}
 
 #[derive(Default)]
 pub struct FindState {
@@ -17,17 +24,19 @@ pub struct FindState {
     pub lost: bool,
     /// Whether the lost search was reported, so it returns nothing more.
     pub exhausted: bool,
-    /// Whether the template could be copied (it has no nested attribute
-    /// arrays), so the search can start again elsewhere.
-    restartable: bool,
-    /// The template: type, offset in `values` and length of each attribute.
-    attributes: Vec<(CK_ATTRIBUTE_TYPE, usize, usize)>,
+    /// The template as the application passed it. The values of its
+    /// attributes with a non-NULL value follow one another in `values`.
+    attributes: Vec<SavedAttribute>,
     values: Vec<u8>,
     /// Virtual handles returned so far, in the order returned, except that
     /// the first `before_restart` are sorted.
     returned: Vec<CK_OBJECT_HANDLE>,
     /// The number of handles returned before the last restart.
     before_restart: usize,
+    /// The real and the virtual handle of the object found last. They are
+    /// kept from one search to the next, because an application often
+    /// searches for the same object again.
+    last_found: (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE),
 }
 
 impl FindState {
@@ -36,34 +45,50 @@ impl FindState {
     ///
     /// # Safety
     /// The template passed `template::check`.
+    #[inline]
     pub unsafe fn start(&mut self, template: &[CK_ATTRIBUTE]) {
         self.active = true;
         self.restarted = false;
         self.lost = false;
         self.exhausted = false;
-        self.restartable = true;
-        self.attributes.clear();
-        self.values.clear();
         self.returned.clear();
         self.before_restart = 0;
-        for attribute in template {
+        self.attributes.clear();
+        self.attributes.reserve(template.len());
+        self.values.clear();
+        let attributes = self.attributes.as_mut_ptr();
+        let mut values = self.values.as_mut_ptr();
+        let mut room = self.values.capacity();
+        let mut offset = 0;
+        for (index, attribute) in template.iter().enumerate() {
             let len = attribute.ulValueLen as usize;
-            if matches!(
-                attribute.type_,
-                CKA_WRAP_TEMPLATE | CKA_UNWRAP_TEMPLATE | CKA_DERIVE_TEMPLATE
-            ) {
-                self.restartable = false;
+            if room - offset < len {
+                // SAFETY: the values were written up to `offset`.
+                unsafe { self.values.set_len(offset) };
+                self.values.reserve(len);
+                values = self.values.as_mut_ptr();
+                room = self.values.capacity();
             }
-            if attribute.pValue.is_null() {
-                self.attributes.push((attribute.type_, NULL_VALUE, 0));
-                continue;
+            let saved = SavedAttribute {
+                kind: attribute.type_,
+                value: attribute.pValue as usize,
+                len: attribute.ulValueLen,
+            };
+            // SAFETY: `attributes` has room for one entry per attribute. A
+            // checked template has `len` readable bytes behind a non-NULL
+            // value and a length of 0 behind a NULL one, and `values` has
+            // room for `len` bytes from `offset` on.
+            unsafe {
+                attributes.add(index).write(saved);
+                copy(attribute.pValue as *const u8, values.add(offset), len);
             }
-            let offset = self.values.len();
-            // SAFETY: a checked template has `len` readable bytes behind a
-            // non-NULL value.
-            let value = unsafe { std::slice::from_raw_parts(attribute.pValue as *const u8, len) };
-            self.values.extend_from_slice(value);
-            self.attributes.push((attribute.type_, offset, len));
+            offset += len;
+        }
+        // SAFETY: the entries and values up to these lengths were written
+        // above.
+        unsafe {
+            self.attributes.set_len(template.len());
+            self.values.set_len(offset);
         }
     }
 
@@ -99,26 +124,91 @@ impl FindState {
         true
     }
 
+    /// Returns the virtual handle that `real` had when it was found last,
+    /// or 0 when the object found last was another one.
+    #[inline]
+    pub fn hint(&self, real: CK_OBJECT_HANDLE) -> CK_OBJECT_HANDLE {
+        if self.last_found.0 == real {
+            self.last_found.1
+        } else {
+            0
+        }
+    }
+
+    /// Records that `real` was found with the virtual handle `handle`.
+    #[inline]
+    pub fn found(&mut self, real: CK_OBJECT_HANDLE, handle: CK_OBJECT_HANDLE) {
+        self.last_found = (real, handle);
+    }
+
+    /// Whether the template could be copied: it has no nested attribute
+    /// arrays, whose values point to more memory of the application.
     pub fn is_restartable(&self) -> bool {
-        self.restartable
+        !self.attributes.iter().any(|attribute| {
+            matches!(
+                attribute.kind,
+                CKA_WRAP_TEMPLATE | CKA_UNWRAP_TEMPLATE | CKA_DERIVE_TEMPLATE
+            )
+        })
     }
 
     /// Builds the template again, pointing into this state's buffer.
     pub fn template(&mut self) -> Vec<CK_ATTRIBUTE> {
         let base = self.values.as_mut_ptr();
+        let mut offset = 0;
         self.attributes
             .iter()
-            .map(|&(kind, offset, len)| CK_ATTRIBUTE {
-                type_: kind,
-                pValue: if offset == NULL_VALUE {
+            .map(|attribute| {
+                let value = if attribute.value == 0 {
                     std::ptr::null_mut()
                 } else {
-                    // SAFETY: `offset` is within `values`, recorded above.
+                    // SAFETY: the values of the attributes before this one
+                    // fill `values` up to `offset`, and this one follows.
                     unsafe { base.add(offset) }.cast()
-                },
-                ulValueLen: len as CK_ULONG,
+                };
+                offset += attribute.len as usize;
+                CK_ATTRIBUTE {
+                    type_: attribute.kind,
+                    pValue: value,
+                    ulValueLen: attribute.len,
+                }
             })
             .collect()
+    }
+}
+
+/// Copies `len` bytes from `source` to `target`. A value of up to 16 bytes
+/// (a class, a flag, a short label or ID) is copied with two loads and two
+/// stores of overlapping words instead of a call to memcpy.
+///
+/// # Safety
+/// `source` is valid for reads and `target` for writes of `len` bytes, and
+/// the two do not overlap.
+#[inline(always)]
+unsafe fn copy(source: *const u8, target: *mut u8, len: usize) {
+    // SAFETY: each pair of words lies within the `len` bytes of both
+    // buffers: the first starts at 0, the second ends at `len`.
+    unsafe {
+        if len > 16 {
+            std::ptr::copy_nonoverlapping(source, target, len);
+        } else if len >= 8 {
+            let head = source.cast::<u64>().read_unaligned();
+            let tail = source.add(len - 8).cast::<u64>().read_unaligned();
+            target.cast::<u64>().write_unaligned(head);
+            target.add(len - 8).cast::<u64>().write_unaligned(tail);
+        } else if len >= 4 {
+            let head = source.cast::<u32>().read_unaligned();
+            let tail = source.add(len - 4).cast::<u32>().read_unaligned();
+            target.cast::<u32>().write_unaligned(head);
+            target.add(len - 4).cast::<u32>().write_unaligned(tail);
+        } else if len >= 2 {
+            let head = source.cast::<u16>().read_unaligned();
+            let tail = source.add(len - 2).cast::<u16>().read_unaligned();
+            target.cast::<u16>().write_unaligned(head);
+            target.add(len - 2).cast::<u16>().write_unaligned(tail);
+        } else if len == 1 {
+            *target = *source;
+        }
     }
 }
 
@@ -156,6 +246,38 @@ mod tests {
         assert_eq!(value, b"rsa-key");
         assert!(copy[2].pValue.is_null());
         assert!(state.is_restartable());
+    }
+
+    #[test]
+    fn start_again_with_longer_values() {
+        let mut short = *b"ab";
+        let mut long = [7u8; 100];
+        let mut state = FindState::default();
+        let attribute = |value: &mut [u8]| CK_ATTRIBUTE {
+            type_: CKA_LABEL,
+            pValue: value.as_mut_ptr().cast(),
+            ulValueLen: value.len() as CK_ULONG,
+        };
+        unsafe { state.start(&[attribute(&mut short)]) };
+        let template = [attribute(&mut short), attribute(&mut long)];
+        unsafe { state.start(&template) };
+        let copy = state.template();
+        assert_eq!(copy.len(), 2);
+        let first = unsafe { std::slice::from_raw_parts(copy[0].pValue as *const u8, 2) };
+        assert_eq!(first, b"ab");
+        let second = unsafe { std::slice::from_raw_parts(copy[1].pValue as *const u8, 100) };
+        assert_eq!(second, &[7u8; 100][..]);
+    }
+
+    #[test]
+    fn copy_every_length() {
+        let source: Vec<u8> = (1..=40).collect();
+        for len in 0..=source.len() {
+            let mut target = vec![0xee; source.len() + 1];
+            unsafe { copy(source.as_ptr(), target.as_mut_ptr(), len) };
+            assert_eq!(&target[..len], &source[..len], "length {len}");
+            assert!(target[len..].iter().all(|&b| b == 0xee), "length {len}");
+        }
     }
 
     #[test]

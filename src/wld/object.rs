@@ -187,7 +187,10 @@ pub struct Place<'a> {
 }
 
 pub struct ObjectTable {
-    chunks: Box<[AtomicPtr<Chunk>]>,
+    /// The pointers to the chunks, each allocated on first use. Their count
+    /// is fixed, so an index masked to a handle's index bits needs no bounds
+    /// check.
+    chunks: Box<[AtomicPtr<Chunk>; MAX_OBJECTS / CHUNK]>,
     alloc: Mutex<Allocator>,
 }
 
@@ -215,7 +218,9 @@ impl ObjectTable {
         ObjectTable {
             chunks: (0..MAX_OBJECTS / CHUNK)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                .collect(),
+                .collect::<Box<[_]>>()
+                .try_into()
+                .expect("the iterator yields the array's length"),
             alloc: Mutex::new(Allocator::default()),
         }
     }
@@ -238,7 +243,7 @@ impl ObjectTable {
     /// Returns the real handle of `handle` on `place.member`, resolving it
     /// there first if needed. `invalid` is the code for a handle that names
     /// no object there (CKR_OBJECT_HANDLE_INVALID or CKR_KEY_HANDLE_INVALID).
-    #[inline]
+    #[inline(always)]
     pub fn resolve(
         &self,
         place: &Place<'_>,
@@ -271,6 +276,7 @@ impl ObjectTable {
     }
 
     /// Searches `place.member` for the object with the entry's identity.
+    #[inline(never)]
     fn resolve_slow(
         &self,
         place: &Place<'_>,
@@ -330,6 +336,7 @@ impl ObjectTable {
     /// Returns the virtual handle of `real`, an object found or created on
     /// `place.member`, registering it first if it is new. `session` is a
     /// real session on that member to read the identity through.
+    #[inline(always)]
     pub fn register(
         &self,
         place: &Place<'_>,
@@ -340,6 +347,44 @@ impl ObjectTable {
         if let Some(handle) = self.known(place, real) {
             return Ok(handle);
         }
+        self.register_new(place, session, real)
+    }
+
+    /// Registers `real` as [`ObjectTable::register`] does, after trying
+    /// `hint`, the virtual handle that `real` had when the caller last
+    /// registered it. A hint still bound to `real` on the member is
+    /// returned without a lookup in the member's map of real handles.
+    #[inline(always)]
+    pub fn register_hinted(
+        &self,
+        place: &Place<'_>,
+        session: CK_SESSION_HANDLE,
+        real: CK_OBJECT_HANDLE,
+        hint: CK_OBJECT_HANDLE,
+    ) -> Result<CK_OBJECT_HANDLE> {
+        self.sync_member(place.member);
+        let hit = self.get(hint).is_some_and(|entry| {
+            entry.slot.load(Ordering::Relaxed) == place.slot
+                && entry.real[place.member.pos].load(Ordering::Acquire) == real
+        });
+        if hit {
+            return Ok(hint);
+        }
+        if let Some(handle) = self.known(place, real) {
+            return Ok(handle);
+        }
+        self.register_new(place, session, real)
+    }
+
+    /// Registers `real`, which had no virtual handle when
+    /// [`ObjectTable::register`] looked, reading its identity first.
+    #[inline(never)]
+    fn register_new(
+        &self,
+        place: &Place<'_>,
+        session: CK_SESSION_HANDLE,
+        real: CK_OBJECT_HANDLE,
+    ) -> Result<CK_OBJECT_HANDLE> {
         let identity = Arc::new(Identity::read(&place.member.module, session, real)?);
         let key = (place.slot, identity.digest);
         let mut alloc = self.alloc.lock();
@@ -421,6 +466,7 @@ impl ObjectTable {
     }
 
     /// Returns the virtual handle already bound to `real` on the member.
+    #[inline(always)]
     fn known(&self, place: &Place<'_>, real: CK_OBJECT_HANDLE) -> Option<CK_OBJECT_HANDLE> {
         let handle = *place.member.handles.read().get(&real)?;
         let entry = self.get(handle)?;

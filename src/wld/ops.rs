@@ -65,6 +65,7 @@ pub struct ActiveOp {
 /// `call` receives the member's module, the real session, the mechanism
 /// (with its object handles translated for the session's member) and the
 /// real key handle.
+#[inline(always)]
 pub fn init(
     instance: &Instance,
     session: &mut Session,

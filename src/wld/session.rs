@@ -52,8 +52,9 @@ pub struct Session {
     /// Operations lost when the session moved to another member: the next
     /// call of that kind gets CKR_DEVICE_ERROR and ends it.
     pub lost: [bool; OP_KINDS],
-    /// Counts the session's calls, to mark the one in progress.
-    calls: u64,
+    /// The busy marker of the session's last call (see [`SessionSlot`]):
+    /// the member's index plus one in the upper bits, a call count below.
+    marker: u64,
     /// The member position of an object that the last call could not use
     /// because it lives on that member only (a session object another
     /// session made). Failover moves the session there when it can.
@@ -78,7 +79,7 @@ impl Session {
 
     /// Returns the real handle of a virtual object handle on this session's
     /// member.
-    #[inline]
+    #[inline(always)]
     pub fn object(
         &self,
         objects: &ObjectTable,
@@ -87,12 +88,34 @@ impl Session {
     ) -> Result<CK_OBJECT_HANDLE> {
         let result = objects.resolve(&self.place(), handle, invalid);
         if result.is_err() {
-            let pinned = objects.pinned_member(handle);
-            if pinned.is_some_and(|pos| pos != self.member.pos) {
-                self.pinned_elsewhere.set(pinned);
-            }
+            self.note_pinned(objects, handle);
         }
         result
+    }
+
+    /// Records the member that `handle` is pinned to when it is not this
+    /// session's member, after the handle could not be resolved here.
+    #[cold]
+    #[inline(never)]
+    fn note_pinned(&self, objects: &ObjectTable, handle: CK_OBJECT_HANDLE) {
+        let pinned = objects.pinned_member(handle);
+        if pinned.is_some_and(|pos| pos != self.member.pos) {
+            self.pinned_elsewhere.set(pinned);
+        }
+    }
+
+    /// Replaces the session's member, and returns the member it was on.
+    pub fn replace_member(&mut self, member: Arc<Member>) -> Arc<Member> {
+        self.marker = member_marker(&member);
+        std::mem::replace(&mut self.member, member)
+    }
+
+    /// Returns the busy marker of the first call on the session's member,
+    /// for when the call count overflowed into the member's bits.
+    #[cold]
+    #[inline(never)]
+    fn first_marker(&self) -> u64 {
+        member_marker(&self.member) | 1
     }
 
     /// Whether the session holds nothing that ties it to its member: no
@@ -179,6 +202,12 @@ struct SessionSlot {
 
 /// Bits of a busy marker that count calls; the member index is above.
 pub const BUSY_CALL_BITS: u32 = 40;
+const BUSY_CALL_MASK: u64 = (1 << BUSY_CALL_BITS) - 1;
+
+/// Returns the busy marker of `member` with a call count of 0.
+fn member_marker(member: &Member) -> u64 {
+    (member.index as u64 + 1) << BUSY_CALL_BITS
+}
 
 type Chunk = [SessionSlot; CHUNK];
 
@@ -191,7 +220,10 @@ struct Allocator {
 
 /// Every open virtual session of the application.
 pub struct SessionTable {
-    chunks: Box<[AtomicPtr<Chunk>]>,
+    /// The pointers to the chunks, each allocated on first use. Their count
+    /// is fixed, so an index masked to a handle's index bits needs no bounds
+    /// check.
+    chunks: Box<[AtomicPtr<Chunk>; MAX_SESSIONS / CHUNK]>,
     alloc: Mutex<Allocator>,
     open: AtomicUsize,
 }
@@ -220,7 +252,9 @@ impl SessionTable {
         SessionTable {
             chunks: (0..MAX_SESSIONS / CHUNK)
                 .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                .collect(),
+                .collect::<Box<[_]>>()
+                .try_into()
+                .expect("the iterator yields the array's length"),
             alloc: Mutex::new(Allocator::default()),
             open: AtomicUsize::new(0),
         }
@@ -246,9 +280,11 @@ impl SessionTable {
         let mut inner = slot.inner.lock();
         match inner.as_mut() {
             Some(session) if session.handle == handle && handle != 0 => {
-                session.calls = (session.calls + 1) & ((1 << BUSY_CALL_BITS) - 1);
-                let marker = ((session.member.index as u64 + 1) << BUSY_CALL_BITS) | session.calls;
-                slot.busy.store(marker, Ordering::Relaxed);
+                session.marker += 1;
+                if session.marker & BUSY_CALL_MASK == 0 {
+                    session.marker = session.first_marker();
+                }
+                slot.busy.store(session.marker, Ordering::Relaxed);
                 let result = f(session);
                 slot.busy.store(0, Ordering::Relaxed);
                 result
@@ -297,6 +333,7 @@ impl SessionTable {
                 return Err(rv);
             }
         };
+        let marker = member_marker(&member);
         let session = Session {
             handle: 0,
             slot: slot.clone(),
@@ -308,7 +345,7 @@ impl SessionTable {
             find: FindState::default(),
             ops: Default::default(),
             lost: [false; OP_KINDS],
-            calls: 0,
+            marker,
             pinned_elsewhere: Cell::new(None),
         };
         self.insert(session)
