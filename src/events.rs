@@ -1,8 +1,8 @@
 //! Slot events for `C_WaitForSlotEvent`: a WLD slot's token appeared or
 //! disappeared, because its first member came up or its last went down.
 
+use crate::waits::{self, Condvar, Mutex};
 use cryptoki_sys::*;
-use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 
 #[derive(Default)]
@@ -28,7 +28,7 @@ pub enum Wait {
 impl SlotEvents {
     /// Records an event on `slot`, once until it is read.
     pub fn push(&self, slot: CK_SLOT_ID) {
-        let mut queue = self.queue.lock();
+        let mut queue = waits::lock(&self.queue);
         if !queue.slots.contains(&slot) {
             queue.slots.push_back(slot);
         }
@@ -37,7 +37,7 @@ impl SlotEvents {
 
     /// Returns the oldest event, waiting for one when `block` is set.
     pub fn wait(&self, block: bool) -> Wait {
-        let mut queue = self.queue.lock();
+        let mut queue = waits::lock(&self.queue);
         loop {
             if queue.shut_down {
                 return Wait::ShutDown;
@@ -48,13 +48,13 @@ impl SlotEvents {
             if !block {
                 return Wait::NoEvent;
             }
-            self.ready.wait(&mut queue);
+            queue = waits::wait(&self.ready, queue);
         }
     }
 
     /// Wakes every waiter for `C_Finalize`.
     pub fn shut_down(&self) {
-        self.queue.lock().shut_down = true;
+        waits::lock(&self.queue).shut_down = true;
         self.ready.notify_all();
     }
 }

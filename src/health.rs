@@ -8,11 +8,12 @@
 //! only. A probe counts as a call in flight, so `C_Finalize` waits for it.
 
 use crate::instance::{self, Instance};
+use crate::waits::{self, Condvar};
 use crate::wld::login;
 use crate::wld::session::BUSY_CALL_BITS;
 use crate::wld::Member;
 use cryptoki_sys::*;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,7 +47,7 @@ pub fn is_member_failure(rv: CK_RV) -> bool {
 /// The background thread and what it remembers between ticks.
 #[derive(Default)]
 pub struct Health {
-    stop: Mutex<bool>,
+    stop: waits::Mutex<bool>,
     wake: Condvar,
     thread: Mutex<Option<JoinHandle<()>>>,
     state: Mutex<TickState>,
@@ -108,7 +109,7 @@ impl Health {
 
     /// Stops and joins the health thread.
     pub fn stop(&self) {
-        *self.stop.lock() = true;
+        *waits::lock(&self.stop) = true;
         self.wake.notify_all();
         if let Some(handle) = self.thread.lock().take() {
             if handle.join().is_err() {
@@ -127,11 +128,11 @@ impl Health {
         );
         loop {
             {
-                let mut stop = self.stop.lock();
+                let stop = waits::lock(&self.stop);
                 if *stop {
                     return;
                 }
-                self.wake.wait_for(&mut stop, tick);
+                let stop = waits::wait_for(&self.wake, stop, tick);
                 if *stop {
                     return;
                 }

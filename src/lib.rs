@@ -23,4 +23,5 @@ pub mod mechanism;
 pub mod replicate;
 pub mod template;
 pub mod vendor;
+pub mod waits;
 pub mod wld;

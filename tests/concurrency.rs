@@ -412,10 +412,37 @@ fn sign_once(raw: &Raw) -> Result<(), String> {
 /// Initializes the module, signs, forks, and in the child initializes the
 /// module again and signs; then signs in the parent again.
 fn check_fork() {
-    let raw = Raw::load();
+    let raw = Arc::new(Raw::load());
     assert_eq!(raw.initialize(), CKR_OK, "C_Initialize in the parent");
     sign_once(&raw).expect("signature in the parent before fork");
+    // Threads of the parent that wait inside the module when it forks: the
+    // health thread, and later one in C_WaitForSlotEvent as well. The
+    // child's new threads may get their stacks.
+    for round in 0..3 {
+        fork_and_check(&raw, round);
+    }
+    let waiter = {
+        let raw = raw.clone();
+        std::thread::spawn(move || {
+            let mut slot: CK_SLOT_ID = 0;
+            call!(raw, C_WaitForSlotEvent(0, &mut slot, null_mut()))
+        })
+    };
+    for round in 3..6 {
+        fork_and_check(&raw, round);
+    }
+    sign_once(&raw).expect("signature in the parent after the children exited");
+    assert_eq!(raw.finalize(), CKR_OK, "C_Finalize in the parent");
+    assert_eq!(
+        waiter.join().unwrap(),
+        CKR_CRYPTOKI_NOT_INITIALIZED,
+        "C_WaitForSlotEvent woken by C_Finalize"
+    );
+}
 
+/// Forks a child that initializes the module, signs and finalizes it, and
+/// checks that it exits with 0.
+fn fork_and_check(raw: &Raw, round: u32) {
     // SAFETY: the child only calls the module and exits with _exit.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
@@ -428,7 +455,7 @@ fn check_fork() {
                 eprintln!("child: C_Initialize returned {}", name(rv));
                 return 2;
             }
-            if let Err(error) = sign_once(&raw) {
+            if let Err(error) = sign_once(raw) {
                 eprintln!("child: {error}");
                 return 3;
             }
@@ -454,9 +481,6 @@ fn check_fork() {
     assert_eq!(
         libc::WEXITSTATUS(status),
         0,
-        "the child's exit code (see its output above)"
+        "the exit code of child {round} (see its output above)"
     );
-
-    sign_once(&raw).expect("signature in the parent after the child exited");
-    assert_eq!(raw.finalize(), CKR_OK, "C_Finalize in the parent");
 }

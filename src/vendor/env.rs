@@ -15,7 +15,7 @@
 //! sets its own. A vendor reads its variables when its call starts, so the
 //! hung call has read them already.
 
-use parking_lot::{Condvar, Mutex};
+use crate::waits::{self, Condvar, Mutex};
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,7 @@ struct Lease(u64);
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut holder = HOLDER.lock();
+        let mut holder = waits::lock(&HOLDER);
         if holder.owner == self.0 {
             let saved = std::mem::take(&mut holder.saved);
             restore(&saved);
@@ -68,7 +68,7 @@ pub fn with_env<R>(vars: &[(String, String)], lease: Duration, f: impl FnOnce() 
         return f();
     }
     let _lease = {
-        let mut holder = HOLDER.lock();
+        let mut holder = waits::lock(&HOLDER);
         let started = Instant::now();
         while holder.owner != 0 {
             let left = lease.saturating_sub(started.elapsed());
@@ -82,7 +82,7 @@ pub fn with_env<R>(vars: &[(String, String)], lease: Duration, f: impl FnOnce() 
                 holder.owner = 0;
                 break;
             }
-            FREED.wait_for(&mut holder, left);
+            holder = waits::wait_for(&FREED, holder, left);
         }
         holder.next += 1;
         holder.owner = holder.next;
