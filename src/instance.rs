@@ -218,30 +218,31 @@ fn shard() -> &'static AtomicUsize {
     &IN_FLIGHT[index as usize % SHARDS].0
 }
 
+/// Expands to the instruction that copies the stack pointer to a register.
+#[cfg(target_arch = "x86_64")]
+macro_rules! read_stack_pointer {
+    () => {
+        "mov {}, rsp"
+    };
+}
+#[cfg(target_arch = "aarch64")]
+macro_rules! read_stack_pointer {
+    () => {
+        "mov {}, sp"
+    };
+}
+
 /// Returns an address within the calling thread's stack: the stack
 /// pointer, read with one instruction where the architecture is known.
 #[inline(always)]
 fn stack_address() -> usize {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
         let pointer: usize;
         // SAFETY: copies the stack pointer to a register, nothing else.
         unsafe {
             std::arch::asm!(
-                "mov {}, rsp",
-                out(reg) pointer,
-                options(nomem, nostack, preserves_flags)
-            )
-        };
-        pointer
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        let pointer: usize;
-        // SAFETY: copies the stack pointer to a register, nothing else.
-        unsafe {
-            std::arch::asm!(
-                "mov {}, sp",
+                read_stack_pointer!(),
                 out(reg) pointer,
                 options(nomem, nostack, preserves_flags)
             )

@@ -1,14 +1,13 @@
-//! Mutexes and condition variables for the waits that can last long: the
-//! health thread's tick, `C_WaitForSlotEvent` and the environment lease.
+//! Mutexes and condition variables from `std` for the waits that can last
+//! long: the health thread's tick, `C_WaitForSlotEvent` and the
+//! environment lease.
 //!
-//! They come from `std`, not parking_lot, so a forked child keeps working.
-//! A thread parked in parking_lot has an entry in a queue of parking_lot's
-//! global table, stored in the thread's thread-local data. After fork,
-//! glibc reuses the stacks of the parent's other threads, and with them
-//! that data, for the child's new threads. A child thread that parks then
-//! links its entry into the stale one, the queue becomes a cycle, and the
-//! next notify in the child loops forever. `std` waits on a futex inside
-//! the condition variable itself and keeps no global state.
+//! parking_lot keeps a parked thread's queue entry in a global table and in
+//! the thread's thread-local data. After fork, glibc reuses the parent's
+//! thread stacks, and so that data, for the child's new threads. A child
+//! thread that parks then links its entry into a stale one, and the next
+//! notify loops forever. `std` waits on a futex inside the condition
+//! variable and keeps no global state, so a forked child keeps working.
 
 use std::sync::PoisonError;
 pub use std::sync::{Condvar, Mutex, MutexGuard};

@@ -674,54 +674,18 @@ isolated! {
     }
 }
 
-/// Calls `C_InitToken` with a raw 32-byte label on the free slot of
-/// `softhsm`, through SoftHSM2 loaded in this process.
-fn init_token_raw(softhsm: &SoftHsm, label: &[u8; 32]) {
+/// Loads the module at `path`, initializes it, and runs `f` with its
+/// function list and its slots (those with a token when `token_present` is
+/// set), then finalizes it.
+fn with_module<R>(
+    path: &std::path::Path,
+    token_present: cryptoki_sys::CK_BBOOL,
+    f: impl FnOnce(&cryptoki_sys::CK_FUNCTION_LIST, &[cryptoki_sys::CK_SLOT_ID]) -> R,
+) -> R {
     use cryptoki_sys::*;
-    let _conf = common::ScopedEnv::set("SOFTHSM2_CONF", softhsm.conf_path());
-    // SAFETY: SoftHSM2's entry points have the PKCS#11 signatures; every
-    // pointer passed lives for the call.
-    unsafe {
-        let library = libloading::Library::new(common::paths::softhsm_module()).unwrap();
-        let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
-            library.get(b"C_GetFunctionList\0").unwrap();
-        let mut list = std::ptr::null_mut();
-        assert_eq!(get(&mut list), CKR_OK);
-        let list = &*list;
-        assert_eq!(list.C_Initialize.unwrap()(std::ptr::null_mut()), CKR_OK);
-        let mut slots = [0 as CK_SLOT_ID; 16];
-        let mut count = slots.len() as CK_ULONG;
-        assert_eq!(
-            list.C_GetSlotList.unwrap()(CK_FALSE, slots.as_mut_ptr(), &mut count),
-            CKR_OK
-        );
-        let free = slots[..count as usize]
-            .iter()
-            .copied()
-            .find(|&slot| {
-                let mut info = CK_TOKEN_INFO::default();
-                list.C_GetTokenInfo.unwrap()(slot, &mut info) == CKR_OK
-                    && info.flags & CKF_TOKEN_INITIALIZED == 0
-            })
-            .expect("a free slot");
-        let mut pin = SO_PIN.as_bytes().to_vec();
-        let mut label = *label;
-        let rv = list.C_InitToken.unwrap()(
-            free,
-            pin.as_mut_ptr(),
-            pin.len() as CK_ULONG,
-            label.as_mut_ptr(),
-        );
-        assert_eq!(rv, CKR_OK);
-        assert_eq!(list.C_Finalize.unwrap()(std::ptr::null_mut()), CKR_OK);
-    }
-}
-
-/// Returns the raw token labels of the module's slots with a token.
-fn raw_token_labels(path: &std::path::Path) -> Vec<[u8; 32]> {
-    use cryptoki_sys::*;
-    // SAFETY: p11wld's entry points have the PKCS#11 signatures; every
-    // pointer passed lives for the call.
+    // SAFETY: the module's entry points have the PKCS#11 signatures; every
+    // pointer passed lives for the call, and the library stays loaded
+    // until `f` returned.
     unsafe {
         let library = libloading::Library::new(path).unwrap();
         let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
@@ -733,18 +697,59 @@ fn raw_token_labels(path: &std::path::Path) -> Vec<[u8; 32]> {
         let mut slots = [0 as CK_SLOT_ID; 16];
         let mut count = slots.len() as CK_ULONG;
         assert_eq!(
-            list.C_GetSlotList.unwrap()(CK_TRUE, slots.as_mut_ptr(), &mut count),
+            list.C_GetSlotList.unwrap()(token_present, slots.as_mut_ptr(), &mut count),
             CKR_OK
         );
-        let labels = slots[..count as usize]
+        let result = f(list, &slots[..count as usize]);
+        assert_eq!(list.C_Finalize.unwrap()(std::ptr::null_mut()), CKR_OK);
+        result
+    }
+}
+
+/// Calls `C_InitToken` with a raw 32-byte label on the free slot of
+/// `softhsm`, through SoftHSM2 loaded in this process.
+fn init_token_raw(softhsm: &SoftHsm, label: &[u8; 32]) {
+    use cryptoki_sys::*;
+    let _conf = common::ScopedEnv::set("SOFTHSM2_CONF", softhsm.conf_path());
+    with_module(&common::paths::softhsm_module(), CK_FALSE, |list, slots| {
+        // SAFETY: SoftHSM2's entry points have the PKCS#11 signatures;
+        // every pointer passed lives for the call.
+        unsafe {
+            let free = slots
+                .iter()
+                .copied()
+                .find(|&slot| {
+                    let mut info = CK_TOKEN_INFO::default();
+                    list.C_GetTokenInfo.unwrap()(slot, &mut info) == CKR_OK
+                        && info.flags & CKF_TOKEN_INITIALIZED == 0
+                })
+                .expect("a free slot");
+            let mut pin = SO_PIN.as_bytes().to_vec();
+            let mut label = *label;
+            let rv = list.C_InitToken.unwrap()(
+                free,
+                pin.as_mut_ptr(),
+                pin.len() as CK_ULONG,
+                label.as_mut_ptr(),
+            );
+            assert_eq!(rv, CKR_OK);
+        }
+    })
+}
+
+/// Returns the raw token labels of the module's slots with a token.
+fn raw_token_labels(path: &std::path::Path) -> Vec<[u8; 32]> {
+    use cryptoki_sys::*;
+    with_module(path, CK_TRUE, |list, slots| {
+        slots
             .iter()
             .map(|&slot| {
                 let mut info = CK_TOKEN_INFO::default();
-                assert_eq!(list.C_GetTokenInfo.unwrap()(slot, &mut info), CKR_OK);
+                // SAFETY: p11wld's C_GetTokenInfo with a valid out pointer.
+                let rv = unsafe { list.C_GetTokenInfo.unwrap()(slot, &mut info) };
+                assert_eq!(rv, CKR_OK);
                 info.label
             })
-            .collect();
-        assert_eq!(list.C_Finalize.unwrap()(std::ptr::null_mut()), CKR_OK);
-        labels
-    }
+            .collect()
+    })
 }

@@ -486,14 +486,14 @@ pub(super) unsafe extern "C" fn C_DigestInit_3_0(
 /// Ends the active operations of `kinds` on a session, as a PKCS#11 3.0
 /// init call with a NULL mechanism and `C_SessionCancel` do. An operation
 /// that was not active counts as ended. Returns
-/// CKR_OPERATION_CANCEL_FAILED when the member may still hold one.
+/// CKR_OPERATION_CANCEL_FAILED when one may still be active on the member.
 fn cancel(name: &'static str, kinds: &[OpKind], hSession: CK_SESSION_HANDLE) -> CK_RV {
     enter(name, |instance| {
         instance.session(hSession, Retry::Safe, |session| cancel_ops(session, kinds))
     })
 }
 
-/// Ends the active operations of `kinds` on `session`; see [`cancel`].
+/// Ends the active operations of `kinds` on `session`, as [`cancel`] describes.
 pub(super) fn cancel_ops(session: &mut Session, kinds: &[OpKind]) -> Result<()> {
     let mut ended = true;
     for &kind in kinds {
